@@ -1,0 +1,206 @@
+"""Configuration, parsed once into frozen dataclasses.
+
+One TOML file (``/etc/hive/hive.toml`` by default, ``--config`` or
+``HIVE_CONFIG`` to override) configures every daemon; each reads its own
+section. Tests build :class:`HiveConfig` directly with temporary directories.
+
+Example::
+
+    run_dir = "/run/hive"          # core.sock, priv.sock, agents/<name>.sock
+    state_dir = "/var/lib/hive"    # hive.db, operator token, agents/<name>/{state,harness}
+    policy_dir = "/etc/hive/policies"
+
+    [core]
+    user = "hive-core"
+
+    [gateway]
+    listen = "127.0.0.1:8080"
+    user = "hive-gateway"
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from enforcer.errors import BadRequest
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "ConfigError",
+    "CoreConfig",
+    "GatewayConfig",
+    "HiveConfig",
+    "default_policy_dir",
+    "load_config",
+]
+
+DEFAULT_CONFIG_PATH = Path("/etc/hive/hive.toml")
+
+
+class ConfigError(BadRequest):
+    """The configuration file is unreadable or invalid (names file and key)."""
+
+    code = "bad_config"
+
+
+def default_policy_dir() -> Path:
+    """The policy shipped with the package (``policies/``)."""
+    import policies
+
+    return Path(policies.__file__).resolve().parent
+
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    """The core daemon's settings."""
+
+    user: str = "hive-core"
+    # uid allowed to present the operator marker on core.sock (the gateway's);
+    # None means "the uid of `GatewayConfig.user`", resolved at start-up.
+    gateway_uid: int | None = None
+    max_body_bytes: int = 1 << 20
+    max_state_file_bytes: int = 4 << 20
+    long_poll_max_seconds: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """The gateway's settings."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    user: str = "hive-gateway"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    session_ttl_seconds: int = 8 * 3600
+    connect_timeout: float = 3.0
+    idle_timeout: float = 30.0
+
+    @property
+    def origin(self) -> str:
+        """The one origin the operator's browser uses (scheme://host:port)."""
+        scheme = "https" if self.tls_cert else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class HiveConfig:
+    """Everything the daemons share: where files live and the per-daemon sections."""
+
+    run_dir: Path = Path("/run/hive")
+    state_dir: Path = Path("/var/lib/hive")
+    policy_dir: Path = field(default_factory=default_policy_dir)
+    core: CoreConfig = field(default_factory=CoreConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+
+    @property
+    def core_socket(self) -> Path:
+        """The core's operator socket, reached only by the gateway."""
+        return self.run_dir / "core.sock"
+
+    @property
+    def priv_socket(self) -> Path:
+        """hive-priv's socket (socket-activated, group hive-core, 0660)."""
+        return self.run_dir / "priv.sock"
+
+    @property
+    def agent_socket_dir(self) -> Path:
+        """Directory holding one ``<name>.sock`` per agent."""
+        return self.run_dir / "agents"
+
+    def agent_socket(self, name: str) -> Path:
+        """Agent ``name``'s own socket."""
+        return self.agent_socket_dir / f"{name}.sock"
+
+    @property
+    def database(self) -> Path:
+        """The core's SQLite database (WAL)."""
+        return self.state_dir / "hive.db"
+
+    @property
+    def operator_token_file(self) -> Path:
+        """The operator login token (mode 0600), generated at first start."""
+        return self.state_dir / "operator-token"
+
+    def agent_dir(self, name: str) -> Path:
+        """Agent ``name``'s directory: ``state/`` (agent-visible), ``harness/`` (not)."""
+        return self.state_dir / "agents" / name
+
+    def resolved_gateway_uid(self) -> int:
+        """The uid whose connections to core.sock may carry the operator marker."""
+        if self.core.gateway_uid is not None:
+            return self.core.gateway_uid
+        try:
+            return pwd.getpwnam(self.gateway.user).pw_uid
+        except KeyError as e:
+            raise ConfigError(
+                f"gateway user {self.gateway.user!r} does not exist; "
+                "set core.gateway_uid or create the user (make demo does)"
+            ) from e
+
+
+def _section(data: dict[str, Any], key: str, source: Path) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: [{key}] must be a table")
+    return value
+
+
+def _build(cls: type[Any], values: dict[str, Any], where: str) -> Any:
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    converted: dict[str, Any] = {}
+    for key, value in values.items():
+        default = getattr(cls(), key)
+        if isinstance(default, Path) or key in {"tls_cert", "tls_key"}:
+            value = Path(value)
+        elif default is not None and not isinstance(value, type(default)):
+            raise ConfigError(
+                f"{where}: {key} must be {type(default).__name__}, got {type(value).__name__}"
+            )
+        converted[key] = value
+    return replace(cls(), **converted)
+
+
+def load_config(path: Path | None = None) -> HiveConfig:
+    """Parse the configuration file; a missing default file means all defaults.
+
+    ``HIVE_RUN_DIR`` / ``HIVE_STATE_DIR`` / ``HIVE_POLICY_DIR`` override the
+    file (useful for development against a temporary directory).
+    """
+    explicit = path is not None or "HIVE_CONFIG" in os.environ
+    source = path or Path(os.environ.get("HIVE_CONFIG", DEFAULT_CONFIG_PATH))
+    data: dict[str, Any] = {}
+    try:
+        data = tomllib.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        if explicit:
+            raise ConfigError(f"{source}: no such configuration file") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{source}: cannot read: {e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: invalid TOML: {e}") from e
+    top = {k: v for k, v in data.items() if k not in {"core", "gateway"}}
+    config: HiveConfig = _build(HiveConfig, top, str(source))
+    core = _build(CoreConfig, _section(data, "core", source), f"{source} [core]")
+    gw = _section(data, "gateway", source)
+    if "listen" in gw:
+        host, _, port = str(gw.pop("listen")).rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"{source} [gateway]: listen must be HOST:PORT")
+        gw["host"], gw["port"] = host.strip("[]"), int(port)
+    gateway = _build(GatewayConfig, gw, f"{source} [gateway]")
+    env = {
+        "run_dir": os.environ.get("HIVE_RUN_DIR"),
+        "state_dir": os.environ.get("HIVE_STATE_DIR"),
+        "policy_dir": os.environ.get("HIVE_POLICY_DIR"),
+    }
+    overrides = {k: Path(v) for k, v in env.items() if v}
+    return replace(config, core=core, gateway=gateway, **overrides)

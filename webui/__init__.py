@@ -1,0 +1,1 @@
+"""The operator's web UI: server-rendered pages (Jinja2) and local static assets."""
