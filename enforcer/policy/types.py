@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "AccessRequest",
     "ActionSpec",
     "AuthorityClass",
     "Decision",
+    "Grant",
+    "RoleLink",
     "SourceLine",
 ]
 
@@ -68,3 +71,21 @@ class Decision:
     rule: SourceLine | None
     reason: str
     revision: str
+
+
+class Grant(NamedTuple):
+    """A ``p`` line: ``subject`` may perform ``act`` on ``chan`` for resources matching ``obj``."""
+
+    sub: str
+    chan: str
+    obj: str
+    act: str
+    src: SourceLine
+
+
+class RoleLink(NamedTuple):
+    """A ``g`` line: ``member`` (a principal, ``agent:*`` or a role) holds ``role``."""
+
+    member: str
+    role: str
+    src: SourceLine

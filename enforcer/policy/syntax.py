@@ -1,0 +1,86 @@
+"""The vocabulary of the policy: principals, roles, channels, names, resource patterns.
+
+Pure functions on strings; the loader, the index and the CLI share them so
+that "well formed" means one thing everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "AGENT_PATTERN",
+    "CHANNELS",
+    "FIXED_PRINCIPALS",
+    "SELF",
+    "action_name_problem",
+    "agent_name",
+    "is_principal",
+    "is_role",
+    "resource_owner",
+    "resource_pattern_problem",
+]
+
+#: Every channel a request can arrive on.
+CHANNELS: tuple[str, ...] = ("gateway", "socket", "priv")
+#: Principals that are not agents.
+FIXED_PRINCIPALS: tuple[str, ...] = ("operator", "anonymous", "service:core")
+#: In a ``g`` line, the member standing for every agent.
+AGENT_PATTERN = "agent:*"
+#: In a resource pattern, the requesting agent's own name.
+SELF = "{self}"
+
+_NAME = r"[a-z][a-z0-9-]{0,30}"
+_AGENT = re.compile(rf"agent:({_NAME})")
+_ROLE = re.compile(rf"role:{_NAME}")
+_ACTION = re.compile(r"[a-z][a-z0-9-]*(\.[a-z][a-z0-9-]*)*")
+_RESOURCE_CHARS = re.compile(r"[A-Za-z0-9_.:/@+=-]*")
+_OWNER = re.compile(rf"agent:({_NAME})(?:/|$)")
+
+
+def agent_name(principal: str) -> str | None:
+    """The name of an ``agent:<name>`` principal, or None for anything else."""
+    m = _AGENT.fullmatch(principal)
+    return m.group(1) if m else None
+
+
+def is_principal(text: str) -> bool:
+    """True for ``operator``, ``anonymous``, ``service:core`` and ``agent:<name>``."""
+    return text in FIXED_PRINCIPALS or agent_name(text) is not None
+
+
+def is_role(text: str) -> bool:
+    """True for ``role:<name>``."""
+    return _ROLE.fullmatch(text) is not None
+
+
+def action_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a well-formed action name, or None."""
+    if not _ACTION.fullmatch(name):
+        return f"malformed action name {name!r} (dotted lower-case words, e.g. state.read)"
+    return None
+
+
+def resource_pattern_problem(pattern: str) -> str | None:
+    """Why ``pattern`` is not a well-formed policy resource pattern, or None.
+
+    A pattern is a literal resource, optionally ending in ``*`` (prefix match);
+    ``{self}`` (the requesting agent) may appear, nothing else in braces.
+    """
+    if not pattern:
+        return "empty resource"
+    body = pattern[:-1] if pattern.endswith("*") else pattern
+    if "*" in body:
+        return f"resource {pattern!r}: '*' is allowed only as the last character"
+    literal = body.replace(SELF, "")
+    if "{" in literal or "}" in literal:
+        return f"resource {pattern!r}: the only placeholder is {SELF}"
+    if not _RESOURCE_CHARS.fullmatch(literal):
+        return f"resource {pattern!r}: unexpected character(s)"
+    return None
+
+
+def resource_owner(resource: str) -> str | None:
+    """The agent a concrete resource belongs to (``agent:<name>`` or below it), else None."""
+    m = _OWNER.match(resource)
+    return m.group(1) if m else None
