@@ -98,7 +98,7 @@ def _resources(policy: Policy, me: str | None, others: list[str]) -> set[str]:
     for spec in policy.catalogue.values():
         for n in names:
             values = {**fill, "self": n, "name": n}
-            out.add(_PLACEHOLDER.sub(lambda m, v=values: v.get(m.group(1), "x"), spec.resource))
+            out.add(_fill(spec.resource, values))
     for g in policy.lines:
         for n in names:
             obj = g.obj.replace(SELF, n)
@@ -110,6 +110,10 @@ def _resources(policy: Policy, me: str | None, others: list[str]) -> set[str]:
             else:
                 out.add(obj)
     return out
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), "x"), template)
 
 
 def _classify(me: str | None, resource: str) -> str:
