@@ -1,0 +1,189 @@
+"""Namespaces, veth pairs, addresses and routes, through pyroute2 (netlink) only.
+
+No ``ip`` subprocess anywhere. Per container: a named network namespace
+(``<prefix><name>``), a veth pair whose host side is named predictably and
+whose inside end is renamed ``eth0``, one /30 (IPv4) and one /126 (IPv6) with
+the host side taking the first address and the container the second, a
+default route via the host side, loopback up inside.
+
+The only sysctls written are per-interface ones on our own host-side veths
+(``net.ipv4.conf.<if>.forwarding``, ``net.ipv6.conf.<if>.force_forwarding``),
+so the host's global forwarding settings are never changed. The uplink
+interface(s) still need forwarding for replies to come back in production
+(see docs/architecture.md, "Network layer API").
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyroute2 import IPRoute, netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from enforcer.errors import HiveError
+
+__all__ = [
+    "IFNAMSIZ",
+    "LinkError",
+    "Slot",
+    "create_container_links",
+    "host_ifname",
+    "link_exists",
+    "link_is_up",
+    "list_namespaces",
+    "namespace_exists",
+    "remove_container_links",
+    "set_link_up",
+    "slot_addresses",
+    "write_sysctl",
+]
+
+IFNAMSIZ = 15  # usable characters of an interface name
+IFA_F_NODAD = 0x02  # no duplicate address detection: our /126 has exactly two ends
+NETNS_DIR = Path("/var/run/netns")
+
+
+class LinkError(HiveError):
+    """A netlink operation failed."""
+
+    status = 503
+    code = "netns"
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """The addresses of slot ``index`` in the configured subnets."""
+
+    index: int
+    host_ipv4: ipaddress.IPv4Address
+    ipv4: ipaddress.IPv4Address
+    host_ipv6: ipaddress.IPv6Address
+    ipv6: ipaddress.IPv6Address
+
+
+def slot_addresses(v4: ipaddress.IPv4Network, v6: ipaddress.IPv6Network, index: int) -> Slot:
+    """Pure: slot ``index`` is the ``index``-th /30 and /126 of the subnets."""
+    if index < 0 or (index + 1) * 4 > v4.num_addresses or (index + 1) * 4 > v6.num_addresses:
+        raise LinkError(f"address pool exhausted (slot {index} outside {v4} / {v6})")
+    b4 = v4.network_address + 4 * index
+    b6 = v6.network_address + 4 * index
+    return Slot(index, b4 + 1, b4 + 2, b6 + 1, b6 + 2)
+
+
+def host_ifname(name: str, ifprefix: str = "hv-") -> str:
+    """Predictable host-side name: ``<ifprefix><name>``, or truncated + hash if too long."""
+    full = ifprefix + name
+    if len(full) <= IFNAMSIZ:
+        return full
+    digest = hashlib.blake2s(name.encode(), digest_size=3).hexdigest()
+    return (full[: IFNAMSIZ - len(digest) - 1] + "-" + digest)[:IFNAMSIZ]
+
+
+def write_sysctl(path: str, value: str) -> bool:
+    """Write ``/proc/sys/<path>``; ``False`` if that knob does not exist on this kernel."""
+    try:
+        Path("/proc/sys", path).write_text(value)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def namespace_exists(ns: str) -> bool:
+    """Whether the named namespace exists."""
+    return ns in netns.listnetns()
+
+
+def list_namespaces(prefix: str) -> list[str]:
+    """Named namespaces starting with ``prefix``."""
+    return sorted(n for n in netns.listnetns() if n.startswith(prefix))
+
+
+def link_exists(ifname: str) -> bool:
+    """Whether a host link of that name exists."""
+    with IPRoute() as ipr:
+        return bool(ipr.link_lookup(ifname=ifname))
+
+
+def link_is_up(ifname: str) -> bool:
+    """Whether the host link is administratively up."""
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            return False
+        link = ipr.link("get", index=idx[0])[0]
+        return bool(link["flags"] & 1)
+
+
+def create_container_links(ns: str, ifname: str, slot: Slot) -> None:
+    """Create namespace, veth, addresses and routes; every link stays DOWN.
+
+    The caller brings links up with :func:`set_link_up` once isolation is in
+    place. On failure, whatever was created is removed before raising.
+    """
+    try:
+        netns.create(ns)
+    except OSError as e:
+        raise LinkError(f"cannot create namespace {ns}: {e}") from e
+    try:
+        with IPRoute() as ipr:
+            peer_tmp = ifname[: IFNAMSIZ - 2] + "-i"
+            ipr.link("add", ifname=ifname, kind="veth", peer={"ifname": peer_tmp, "net_ns_fd": ns})
+            idx = ipr.link_lookup(ifname=ifname)[0]
+            ipr.addr("add", index=idx, address=str(slot.host_ipv4), prefixlen=30)
+            ipr.addr(
+                "add", index=idx, address=str(slot.host_ipv6), prefixlen=126, flags=IFA_F_NODAD
+            )
+        with IPRoute(netns=ns, flags=0) as ipn:
+            lo = ipn.link_lookup(ifname="lo")[0]
+            ipn.link("set", index=lo, state="up")
+            inner = ipn.link_lookup(ifname=peer_tmp)[0]
+            ipn.link("set", index=inner, ifname="eth0")
+            ipn.addr("add", index=inner, address=str(slot.ipv4), prefixlen=30)
+            ipn.addr("add", index=inner, address=str(slot.ipv6), prefixlen=126, flags=IFA_F_NODAD)
+            ipn.link("set", index=inner, state="up")  # no carrier until the host side is up
+            ipn.route("add", dst="default", gateway=str(slot.host_ipv4))
+            ipn.route("add", dst="default", gateway=str(slot.host_ipv6), family=10)
+        # Forwarding for this interface only (its egress, if the policy allows any).
+        write_sysctl(f"net/ipv4/conf/{ifname}/forwarding", "1")
+        write_sysctl(f"net/ipv6/conf/{ifname}/force_forwarding", "1")
+    except (NetlinkError, OSError, IndexError) as e:
+        remove_container_links(ns, ifname)
+        raise LinkError(f"cannot set up links of {ns}: {e}") from e
+
+
+def set_link_up(ifname: str) -> None:
+    """Bring the host side up: from here on traffic can flow."""
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            raise LinkError(f"no link {ifname}")
+        ipr.link("set", index=idx[0], state="up")
+
+
+def remove_container_links(ns: str, ifname: str) -> None:
+    """Remove the veth (both ends, with addresses and routes) and the namespace.
+
+    Idempotent: what is already gone is skipped.
+    """
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if idx:
+            try:
+                ipr.link("del", index=idx[0])
+            except NetlinkError as e:
+                if e.code != errno.ENODEV:
+                    raise LinkError(f"cannot delete {ifname}: {e}") from e
+    if namespace_exists(ns):
+        try:
+            netns.remove(ns)
+        except OSError as e:
+            raise LinkError(f"cannot remove namespace {ns}: {e}") from e
+    # A netns bind mount that lost its mount but kept its file would block re-creation.
+    stale = NETNS_DIR / ns
+    if stale.exists():
+        os.unlink(stale)
