@@ -1,0 +1,699 @@
+"""Container backends behind hive-priv, and the network-namespace backend.
+
+A *container* here is what hive-priv manages for one agent: a per-agent system
+user, the agent's directories (``state/`` shared with the core's group,
+``harness/`` root-only), an isolated network (namespace, veth, elements of
+the project's nftables table, via :class:`netns.manager.NetnsManager`), the
+agent's unix socket, and - when started - the agent's process running under
+its own uid inside its own namespace.
+
+:class:`ContainerBackend` is the interface a production backend
+(systemd-nspawn, nixos-container) implements; see ``docs/backends.md``.
+:class:`NetnsBackend` is the one that runs (and is tested) on this host.
+
+Durability: every container has a record in one JSON file (written to a
+temporary file, fsynced, renamed). A lifecycle operation first records what
+it is about to do (``pending``), then does it, then records the result. A
+hive-priv that restarts after a crash finishes or undoes each pending
+operation (:meth:`NetnsBackend.recover`), so an operation is done or not done,
+never half - and a container never runs without its isolation: a process is
+only spawned after the namespace is up, isolation cannot be removed while the
+process runs, and recovery kills a process whose namespace is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from enforcer.confined import read_agent_state_file
+from enforcer.errors import Conflict, HiveError, NotFound, Unavailable
+from enforcer.log import get_logger
+from enforcer.users import (
+    AGENT_USER_PREFIX,
+    agent_user_name,
+    ensure_system_user,
+    lookup_user,
+    remove_system_user,
+)
+
+__all__ = [
+    "ContainerBackend",
+    "ContainerRecord",
+    "IsolationProvider",
+    "NetnsBackend",
+    "RecordStore",
+    "processes_of_uid",
+]
+
+NETNS_DIR = Path("/run/netns")
+
+
+def _log() -> Any:
+    # Looked up at each use: structlog is configured after import (in run()).
+    return get_logger("hive.containers")
+
+
+class IsolationProvider(Protocol):
+    """What the backend needs from the network layer (``netns.manager.NetnsManager``)."""
+
+    def up(self, name: str, principal_roles: Sequence[str]) -> Any:
+        """Bring up the isolated network; returns a ``ContainerNet``."""
+
+    def down(self, name: str) -> None:
+        """Remove everything of that container's network."""
+
+
+class ContainerBackend(Protocol):
+    """The lifecycle every backend implements. Each call is idempotent where it can be.
+
+    All methods return the container's status dictionary (see ``docs/backends.md``).
+    """
+
+    def create(self, name: str, command: Sequence[str]) -> dict[str, Any]:
+        """User, directories, isolated network; the container exists but is stopped."""
+
+    def start(self, name: str) -> dict[str, Any]:
+        """Start the agent process inside the isolated network."""
+
+    def stop(self, name: str) -> dict[str, Any]:
+        """Stop the agent process (graceful, then forced) and reap it."""
+
+    def restart(self, name: str) -> dict[str, Any]:
+        """Stop then start."""
+
+    def destroy(self, name: str) -> dict[str, Any]:
+        """Remove everything the container made."""
+
+    def status(self, name: str) -> dict[str, Any]:
+        """State, process, network."""
+
+
+@dataclass
+class ContainerRecord:
+    """The durable record of one container (one entry of the JSON record file)."""
+
+    name: str
+    user: str
+    uid: int
+    gid: int
+    user_created: bool
+    command: list[str]
+    state: str = "creating"  # creating | created | running | stopped
+    pending: str | None = "create"
+    pid: int | None = None
+    pid_start: int | None = None
+    exit_code: int | None = None
+    net: dict[str, str] | None = None
+    made_dirs: list[str] = field(default_factory=list)
+    socket: str | None = None
+
+
+class RecordStore:
+    """The records as one JSON file, replaced atomically (temp + fsync + rename)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, ContainerRecord]:
+        """All records; an absent file means none."""
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise Unavailable(f"{self.path}: unreadable container records: {e}") from e
+        return {name: ContainerRecord(**rec) for name, rec in data["containers"].items()}
+
+    def save(self, records: dict[str, ContainerRecord]) -> None:
+        """Write every record; a crash leaves the old file or the new, never half."""
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        body = json.dumps(
+            {"version": 1, "containers": {n: asdict(r) for n, r in sorted(records.items())}},
+            indent=1,
+        ).encode()
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, body)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, self.path)
+        dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def _proc_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks): pid + this = identity."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rest = raw[raw.rindex(")") + 2 :].split()
+    return int(rest[19])
+
+
+def _proc_state_uids(pid: int) -> tuple[str, set[int]] | None:
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    state, uids = "", set()
+    for line in lines:
+        if line.startswith("State:"):
+            state = line.split()[1]
+        elif line.startswith("Uid:"):
+            uids = {int(x) for x in line.split()[1:]}
+    return state, uids
+
+
+def processes_of_uid(uid: int) -> list[int]:
+    """Live (non-zombie) processes with ``uid`` as real, effective, saved or fs uid."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        info = _proc_state_uids(int(entry))
+        if info and uid in info[1] and info[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+def _signal_if_uid(pid: int, uid: int, sig: signal.Signals) -> None:
+    # pidfd pins the process: after opening it, checking its uid and signalling
+    # it refer to the same process even if the pid number is reused meanwhile.
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        info = _proc_state_uids(pid)
+        if info and uid in info[1]:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(pidfd, sig)
+    finally:
+        os.close(pidfd)
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def _enter_netns(path: Path) -> None:
+    """setns(2) the calling thread into the network namespace at ``path``.
+
+    (``os.setns`` only exists from Python 3.12; Debian 12 ships 3.11.)
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+class NetnsBackend:
+    """Containers as network namespaces plus a per-agent-uid process. Thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        state_dir: Path,
+        run_dir: Path,
+        isolation: IsolationProvider,
+        record_path: Path | None = None,
+        ui_port: int = 8000,
+        core_gid: int | None = None,
+        roles_for: Callable[[str], Sequence[str]] | None = None,
+        user_prefix: str = AGENT_USER_PREFIX,
+        stop_timeout: float = 5.0,
+    ) -> None:
+        self.state_dir = state_dir
+        self.run_dir = run_dir
+        self.isolation = isolation
+        self.store = RecordStore(record_path or state_dir / "priv" / "containers.json")
+        self.ui_port = ui_port
+        self.core_gid = core_gid
+        self.roles_for = roles_for or (lambda name: (f"agent:{name}", "role:agent"))
+        self.user_prefix = user_prefix
+        self.stop_timeout = stop_timeout
+        self._lock = threading.RLock()
+        self._records = self.store.load()
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    # --- paths -------------------------------------------------------------
+
+    def agent_dir(self, name: str) -> Path:
+        """``STATE/agents/<name>``."""
+        return self.state_dir / "agents" / name
+
+    def socket_path(self, name: str) -> Path:
+        """``RUN/agents/<name>.sock``."""
+        return self.run_dir / "agents" / f"{name}.sock"
+
+    # --- records -------------------------------------------------------------
+
+    def _get(self, name: str) -> ContainerRecord:
+        rec = self._records.get(name)
+        if rec is None:
+            raise NotFound(f"no container {name!r}")
+        return rec
+
+    def _save(self) -> None:
+        self.store.save(self._records)
+
+    @contextlib.contextmanager
+    def _pending(self, rec: ContainerRecord, op: str) -> Iterator[None]:
+        rec.pending = op
+        self._save()
+        yield
+        rec.pending = None
+        self._save()
+
+    def names(self) -> list[str]:
+        """Every container hive-priv knows."""
+        with self._lock:
+            return sorted(self._records)
+
+    def _info(self, rec: ContainerRecord) -> dict[str, Any]:
+        self._refresh(rec)
+        return {
+            "agent": rec.name,
+            "state": rec.state,
+            "uid": rec.uid,
+            "pid": rec.pid,
+            "exit_code": rec.exit_code,
+            "net": rec.net,
+            "ui_url": (rec.net or {}).get("ui_url"),
+            "socket": rec.socket,
+            "pending": rec.pending,
+        }
+
+    # --- processes ------------------------------------------------------------
+
+    def _alive(self, rec: ContainerRecord) -> bool:
+        if rec.pid is None:
+            return False
+        child = self._children.get(rec.name)
+        if child is not None and child.poll() is not None:
+            return False
+        info = _proc_state_uids(rec.pid)
+        return (
+            info is not None
+            and info[0] != "Z"
+            and _proc_start_time(rec.pid) == rec.pid_start
+            and rec.uid in info[1]
+        )
+
+    def _refresh(self, rec: ContainerRecord) -> None:
+        """Notice an agent process that exited by itself (and reap it)."""
+        if rec.state == "running" and rec.pending is None and not self._alive(rec):
+            child = self._children.pop(rec.name, None)
+            rec.exit_code = child.wait() if child is not None else None
+            rec.state, rec.pid, rec.pid_start = "stopped", None, None
+            self._save()
+            _log().info("container.exited", agent=rec.name, exit_code=rec.exit_code)
+
+    def _netns_path(self, rec: ContainerRecord) -> Path | None:
+        if not rec.net:
+            return None
+        path = NETNS_DIR / rec.net["netns"]
+        return path if path.exists() else None
+
+    def _spawn(self, rec: ContainerRecord, netns_path: Path) -> subprocess.Popen[bytes]:
+        agent_dir = self.agent_dir(rec.name)
+        log_fd = os.open(
+            agent_dir / "harness" / "agent.log",
+            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+        )
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "HOME": str(agent_dir / "state"),
+            "HIVE_AGENT": rec.name,
+            "HIVE_SOCKET": str(self.socket_path(rec.name)),
+            "HIVE_STATE_DIR": str(agent_dir / "state"),
+            "HIVE_UI_PORT": str(self.ui_port),
+        }
+        box: dict[str, Any] = {}
+
+        def in_namespace() -> None:
+            # setns(CLONE_NEWNET) changes only this (short-lived) thread's
+            # namespace; the child forked from it inherits it. The uid/gid
+            # drop happens in the child before exec (Popen user/group/
+            # extra_groups), with no preexec_fn.
+            try:
+                _enter_netns(netns_path)
+                box["proc"] = subprocess.Popen(
+                    rec.command,
+                    env=env,
+                    cwd=agent_dir / "state",
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_fd,
+                    stderr=subprocess.STDOUT,
+                    user=rec.uid,
+                    group=rec.gid,
+                    extra_groups=[],
+                    start_new_session=True,
+                    close_fds=True,
+                    umask=0o007,
+                )
+            except BaseException as e:
+                box["error"] = e
+
+        try:
+            thread = threading.Thread(target=in_namespace, name=f"spawn-{rec.name}")
+            thread.start()
+            thread.join()
+        finally:
+            os.close(log_fd)
+        if "error" in box:
+            err = box["error"]
+            raise HiveError(f"cannot start agent {rec.name}: {err}") from err
+        proc: subprocess.Popen[bytes] = box["proc"]
+        return proc
+
+    def _terminate(self, rec: ContainerRecord) -> None:
+        """SIGTERM the agent's process group, wait, SIGKILL, then every process of its uid."""
+        child = self._children.pop(rec.name, None)
+        if rec.pid is not None and self._alive(rec):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(rec.pid, signal.SIGTERM)
+            deadline = time.monotonic() + self.stop_timeout
+            while time.monotonic() < deadline and self._alive_pid(rec, child):
+                time.sleep(0.02)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(rec.pid, signal.SIGKILL)
+        # The agent may have left its session: its uid is dedicated to it, so
+        # every process of that uid is part of this container.
+        for _ in range(250):
+            pids = processes_of_uid(rec.uid)
+            if not pids:
+                break
+            for pid in pids:
+                _signal_if_uid(pid, rec.uid, signal.SIGKILL)
+            time.sleep(0.02)
+        else:
+            raise HiveError(f"processes of {rec.user} survive SIGKILL")
+        if child is not None:
+            rec.exit_code = child.wait()
+        rec.pid, rec.pid_start = None, None
+
+    def _alive_pid(self, rec: ContainerRecord, child: subprocess.Popen[bytes] | None) -> bool:
+        if child is not None:
+            return child.poll() is None
+        return self._alive(rec)
+
+    # --- isolation -------------------------------------------------------------
+
+    def _ensure_isolation(self, rec: ContainerRecord) -> Path:
+        path = self._netns_path(rec)
+        if path is not None:
+            return path
+        # Nothing recorded, or recorded but gone (host reboot, crash between
+        # the network layer's up() and our record): clear leftovers, then up.
+        with contextlib.suppress(NotFound):
+            self.isolation.down(rec.name)
+        rec.net = None
+        self._save()
+        net = self.isolation.up(rec.name, tuple(self.roles_for(rec.name)))
+        rec.net = {
+            k: str(getattr(net, k))
+            for k in (
+                "netns",
+                "host_ifname",
+                "ipv4",
+                "ipv6",
+                "host_ipv4",
+                "host_ipv6",
+                "ui_url",
+            )
+        }
+        self._save()
+        path = self._netns_path(rec)
+        if path is None:
+            raise Unavailable(f"isolation for {rec.name} reported up but its namespace is missing")
+        return path
+
+    def _drop_isolation(self, rec: ContainerRecord) -> None:
+        # Called whether or not a network is recorded: a crash between the
+        # network layer's up() and our record leaves one we must still remove.
+        with contextlib.suppress(NotFound):
+            self.isolation.down(rec.name)
+        rec.net = None
+        self._save()
+
+    def apply_isolation(self, name: str) -> dict[str, Any]:
+        """Bring up (or confirm) the container's isolated network."""
+        with self._lock:
+            rec = self._get(name)
+            with self._pending(rec, "isolation.apply"):
+                self._ensure_isolation(rec)
+            return self._info(rec)
+
+    def remove_isolation(self, name: str) -> dict[str, Any]:
+        """Tear down the network; refused while the agent runs (fail closed)."""
+        with self._lock:
+            rec = self._get(name)
+            self._refresh(rec)
+            if rec.state == "running":
+                raise Conflict(f"{name} is running: stop it before removing its isolation")
+            with self._pending(rec, "isolation.remove"):
+                self._drop_isolation(rec)
+            return self._info(rec)
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    def create(self, name: str, command: Sequence[str]) -> dict[str, Any]:
+        """User, directories, isolated network; state ``created``."""
+        with self._lock:
+            if name in self._records:
+                raise Conflict(f"container {name!r} exists")
+            user_name = agent_user_name(name, self.user_prefix)
+            existing = lookup_user(user_name)
+            rec = ContainerRecord(
+                name=name,
+                user=user_name,
+                uid=existing.uid if existing else -1,
+                gid=existing.gid if existing else -1,
+                user_created=False,
+                command=list(command),
+            )
+            self._records[name] = rec
+            self._save()
+            try:
+                if existing is None:
+                    made = ensure_system_user(user_name)
+                    rec.uid, rec.gid, rec.user_created = made.uid, made.gid, made.created
+                    self._save()
+                self._make_dirs(rec)
+                self._ensure_isolation(rec)
+            except BaseException:
+                _log().warning("container.create.rollback", agent=name)
+                self._undo_create(rec)
+                raise
+            rec.state, rec.pending = "created", None
+            self._save()
+            return self._info(rec)
+
+    def _make_dirs(self, rec: ContainerRecord) -> None:
+        agents = self.state_dir / "agents"
+        agents.mkdir(mode=0o755, parents=True, exist_ok=True)
+        top = self.agent_dir(rec.name)
+        group = self.core_gid if self.core_gid is not None else rec.gid
+        # state/: the agent's own files; the core's group may read and write
+        # (setgid keeps new files in that group). harness/: root only.
+        for path, uid, gid, mode in (
+            (top, 0, 0, 0o755),
+            (top / "state", rec.uid, group, 0o2770 if self.core_gid is not None else 0o700),
+            (top / "harness", 0, 0, 0o700),
+        ):
+            try:
+                path.mkdir(mode=0o700)
+            except FileExistsError:
+                st = path.lstat()
+                if not stat.S_ISDIR(st.st_mode):
+                    raise Conflict(f"{path} exists and is not a directory") from None
+            else:
+                rec.made_dirs.append(str(path))
+                self._save()
+            os.chown(path, uid, gid, follow_symlinks=False)
+            os.chmod(path, mode, follow_symlinks=False)
+
+    def _remove_dirs(self, rec: ContainerRecord) -> None:
+        for made in reversed(rec.made_dirs):
+            shutil.rmtree(made, ignore_errors=True)  # fd-based: symlink-attack resistant
+        rec.made_dirs = []
+
+    def _undo_create(self, rec: ContainerRecord) -> None:
+        with contextlib.suppress(HiveError, OSError):
+            self._terminate(rec)
+        with contextlib.suppress(HiveError, OSError):
+            self._drop_isolation(rec)
+        self._remove_socket(rec)
+        self._remove_dirs(rec)
+        if rec.user_created:
+            remove_system_user(rec.user)
+        self._records.pop(rec.name, None)
+        self._save()
+
+    def start(self, name: str) -> dict[str, Any]:
+        """Start the agent process in its namespace (isolation first)."""
+        with self._lock:
+            rec = self._get(name)
+            self._refresh(rec)
+            if rec.state == "running":
+                return self._info(rec)
+            with self._pending(rec, "start"):
+                netns_path = self._ensure_isolation(rec)
+                proc = self._spawn(rec, netns_path)
+                self._children[name] = proc
+                rec.pid, rec.pid_start = proc.pid, _proc_start_time(proc.pid)
+                rec.state, rec.exit_code = "running", None
+            _log().info("container.started", agent=name, pid=proc.pid)
+            return self._info(rec)
+
+    def stop(self, name: str) -> dict[str, Any]:
+        """Stop and reap the agent process (idempotent)."""
+        with self._lock:
+            rec = self._get(name)
+            with self._pending(rec, "stop"):
+                self._terminate(rec)
+                rec.state = "stopped"
+            return self._info(rec)
+
+    def restart(self, name: str) -> dict[str, Any]:
+        """Stop, then start."""
+        with self._lock:
+            self.stop(name)
+            return self.start(name)
+
+    def destroy(self, name: str) -> dict[str, Any]:
+        """Process, network, socket, directories, user (if made here): all gone."""
+        with self._lock:
+            rec = self._get(name)
+            rec.pending = "destroy"
+            self._save()
+            self._finish_destroy(rec)
+            return {"agent": name, "state": "destroyed"}
+
+    def _finish_destroy(self, rec: ContainerRecord) -> None:
+        self._terminate(rec)
+        self._drop_isolation(rec)
+        self._remove_socket(rec)
+        self._remove_dirs(rec)
+        if rec.user_created:
+            remove_system_user(rec.user)
+        self._records.pop(rec.name, None)
+        self._save()
+
+    def status(self, name: str) -> dict[str, Any]:
+        """The container's status dictionary."""
+        with self._lock:
+            return self._info(self._get(name))
+
+    # --- socket and state ---------------------------------------------------------
+
+    def create_socket(self, name: str) -> socket.socket:
+        """Bind + listen ``RUN/agents/<name>.sock``, owner the agent's uid, mode 0600.
+
+        Returns the listening socket; the caller passes its fd to the core and
+        closes its own copy. Only the agent's uid can connect (file mode); the
+        core accepts on the fd it holds and needs no file access at all.
+        """
+        with self._lock:
+            rec = self._get(name)
+            path = self.socket_path(name)
+            path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                if not stat.S_ISSOCK(path.lstat().st_mode):
+                    raise Conflict(f"{path} exists and is not a socket")
+                path.unlink()
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            # umask 0o177 at bind: the socket file is never connectable by
+            # anyone else, not even between bind and chmod. All backend work
+            # runs under self._lock, so the process-wide umask is not raced.
+            old = os.umask(0o177)
+            try:
+                sock.bind(str(path))
+            except OSError:
+                sock.close()
+                raise
+            finally:
+                os.umask(old)
+            try:
+                os.chown(path, rec.uid, rec.gid, follow_symlinks=False)
+                os.chmod(path, 0o600, follow_symlinks=False)
+                sock.listen(128)
+            except OSError:
+                sock.close()
+                raise
+            rec.socket = str(path)
+            self._save()
+            return sock
+
+    def _remove_socket(self, rec: ContainerRecord) -> None:
+        path = self.socket_path(rec.name)
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(path.lstat().st_mode):
+                path.unlink()
+        rec.socket = None
+
+    def read_state(self, name: str, rel_path: str, max_bytes: int) -> bytes:
+        """``ReadAgentStateFile``: confined beneath ``STATE/agents/<name>/state``."""
+        return read_agent_state_file(self.agent_dir(name) / "state", rel_path, max_bytes)
+
+    # --- recovery ------------------------------------------------------------------
+
+    def recover(self) -> list[str]:
+        """Finish or undo every interrupted operation; return what was done."""
+        done = []
+        with self._lock:
+            for rec in list(self._records.values()):
+                op = rec.pending
+                if op == "create":
+                    self._undo_create(rec)
+                    done.append(f"{rec.name}: undid interrupted create")
+                elif op == "destroy":
+                    self._finish_destroy(rec)
+                    done.append(f"{rec.name}: finished interrupted destroy")
+                elif op in {"start", "stop", "restart"}:
+                    self._terminate(rec)
+                    rec.state, rec.pending = "stopped", None
+                    done.append(f"{rec.name}: interrupted {op}: left stopped")
+                elif op in {"isolation.apply", "isolation.remove"}:
+                    self._terminate(rec)
+                    self._drop_isolation(rec)
+                    rec.state = "stopped" if rec.state == "running" else rec.state
+                    rec.pending = None
+                    done.append(f"{rec.name}: interrupted {op}: network removed")
+                elif rec.state == "running" and (
+                    not self._alive(rec) or self._netns_path(rec) is None
+                ):
+                    # Never a process without its namespace: kill it.
+                    self._terminate(rec)
+                    rec.state = "stopped"
+                    done.append(f"{rec.name}: process gone or namespace missing: stopped")
+            self._save()
+        for line in done:
+            _log().warning("container.recovered", what=line)
+        return done
