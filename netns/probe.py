@@ -340,7 +340,7 @@ class Prober:
         token = secrets.token_hex(2)
         # A digit after the prefix: can never be a container's namespace name.
         self.out_ns = f"{manager.prefix}0out{token}"
-        self.out_if = f"hvo{token}{secrets.token_hex(2)}"
+        self.out_if = f"{manager.ifprefix}0o{token}"[: links.IFNAMSIZ]
 
     def outside_addresses(self) -> tuple[str, str]:
         """The addresses standing for "the internet"."""

@@ -1,0 +1,92 @@
+"""libnftables transactions: round trip, atomicity, only our own table."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from netns.apply import Nft, NftError
+from netns.ruleset import ContainerEntry, compile_ruleset, subjects_for
+from tests.conftest import require_root
+from tests.netns.helpers import Names, fresh_names, make_policy
+
+EGRESS = '[[egress]]\nprincipal = "role:agent"\nto = ["0.0.0.0/0", "::/0"]\nports = [80]\n'
+
+
+@pytest.fixture
+def names() -> Iterator[Names]:
+    require_root()
+    n = fresh_names()
+    try:
+        yield n
+    finally:
+        Nft(n.table).delete_table()
+        Nft(n.table + "o").delete_table()
+
+
+def _entry(i: int) -> ContainerEntry:
+    return ContainerEntry(
+        f"c{i}",
+        f"zz-c{i}",
+        ipaddress.IPv4Address(f"10.9.0.{4 * i + 2}"),
+        ipaddress.IPv6Address(f"fd00::{4 * i + 2:x}"),
+        subjects_for(f"c{i}", ["agent"]),
+    )
+
+
+def test_applied_table_reads_back_equal_to_the_compiled_one(names: Names) -> None:
+    rs = compile_ruleset(make_policy(names, EGRESS), [_entry(0), _entry(1)], names.table)
+    nft = Nft(names.table)
+    nft.replace_table(rs)
+    assert nft.live() == rs.normalised()
+
+
+def test_a_refused_transaction_changes_nothing(names: Names) -> None:
+    rs = compile_ruleset(make_policy(names, EGRESS), [_entry(0)], names.table)
+    nft = Nft(names.table)
+    nft.replace_table(rs)
+    before = nft.live()
+    sets = {s.name: s for s in rs.sets}
+    # One valid element and one invalid (not an IPv4 address) in the same batch.
+    with pytest.raises(NftError):
+        nft.update_elements(
+            sets, add={"cont_if": ["zz-new"], "cont_src4": [("zz-new", "999.1.1.1")]}
+        )
+    assert nft.live() == before
+    # A whole-table replacement that fails half-way leaves the old table intact.
+    broken = compile_ruleset(make_policy(names, EGRESS), [_entry(0), _entry(1)], names.table)
+    bad_sets = tuple(
+        s if s.name != "cont_src6" else type(s)(s.name, s.type, s.flags, frozenset({("x", "bad")}))
+        for s in broken.sets
+    )
+    with pytest.raises(NftError):
+        nft.replace_table(type(broken)(broken.table, bad_sets, broken.chains, broken.rules))
+    assert nft.live() == before
+
+
+def test_other_tables_are_never_touched(names: Names) -> None:
+    other = names.table + "o"
+    subprocess.run(["nft", f"add table inet {other}"], check=True)
+    subprocess.run(["nft", f"add chain inet {other} c"], check=True)
+    listing = subprocess.run(
+        ["nft", "-j", "list", "table", "inet", other], capture_output=True, check=True, text=True
+    ).stdout
+    nft = Nft(names.table)
+    nft.replace_table(compile_ruleset(make_policy(names, EGRESS), [_entry(0)], names.table))
+    nft.flush_table()
+    nft.delete_table()
+    after = subprocess.run(
+        ["nft", "-j", "list", "table", "inet", other], capture_output=True, check=True, text=True
+    ).stdout
+    assert after == listing
+
+
+def test_a_command_for_another_table_is_refused_before_nftables_sees_it(names: Names) -> None:
+    nft = Nft(names.table)
+    rs = compile_ruleset(make_policy(names), [], names.table + "o")
+    with pytest.raises(NftError):
+        nft.replace_table(rs)
+    assert not Nft(names.table + "o").exists()
