@@ -16,6 +16,7 @@ __all__ = ["DAEMONS", "register"]
 # subcommand -> (module, one-line help)
 DAEMONS: dict[str, tuple[str, str]] = {
     "priv": ("enforcer.priv", "run hive-priv, the socket-activated root helper"),
+    "gateway": ("enforcer.gateway", "run the gateway, the operator's one origin"),
 }
 
 

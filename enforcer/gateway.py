@@ -1,0 +1,738 @@
+"""The gateway: the operator's one origin, and the only way any UI is reached.
+
+Routes (every one bound to a catalogue action through :mod:`enforcer.authz`,
+channel ``gateway``; the principal is ``operator`` with a valid session cookie,
+else ``anonymous``):
+
+=============================  =================  ===========================  ============
+route                          action             resource                     goes to
+=============================  =================  ===========================  ============
+``GET /login``                 ``session.login``  ``session``                  login form
+``POST /login``                ``session.login``  ``session``                  token -> session
+``POST /logout``               ``session.logout`` ``session``                  end session
+``GET /health``                ``health.read``    ``health``                   ``{"status": "ok"}``
+``GET /static/<path>``         ``static.read``    ``static/<path>``            core, anonymous
+``* /agent/<name>/<rest>``     ``agent.ui.view``  ``agent:<name>/ui``          the agent's UI
+``GET /agent/<name>``          ``agent.ui.view``  ``agent:<name>/ui``          308 to ``.../``
+``* /<anything else>``         ``dashboard.view`` ``ui``                       core, operator
+=============================  =================  ===========================  ============
+
+**How the catch-all to the core is authorised.** The gateway does not know the
+core's route table, so it authorises coarsely and the core precisely: every
+request for the core is bound here to ``dashboard.view`` on ``ui`` ("may this
+principal use the operator surface at all"), which only the operator holds;
+the core then decides the precise action (``question.answer``,
+``container.stop``, ...) again for the principal ``operator`` that it learns
+from the gateway's marker and peer uid. An anonymous request therefore never
+reaches the core's operator API: pages get a redirect to ``/login``, ``/api/``
+calls a 401. The only anonymous traffic to the core is ``/static/`` (public
+``static.read``), sent without the operator marker.
+
+**State-changing requests** (POST/PUT/PATCH/DELETE) to the core, and logout,
+also need the session's CSRF token (``X-CSRF-Token`` header, or a
+``csrf_token`` field of a small ``application/x-www-form-urlencoded`` form,
+which is buffered up to :data:`FORM_LIMIT` for that and forwarded as read;
+multipart forms must use the header) and an ``Origin`` equal to
+``config.gateway.origin`` - or, without ``Origin``, ``Sec-Fetch-Site:
+same-origin``. ``Origin: null`` and any ``Sec-Fetch-Site`` other than
+``same-origin`` are refused. A WebSocket to the core needs the right
+``Origin`` too. The core learns the session's CSRF token from the
+``X-Hive-CSRF-Token`` request header, to embed it in the forms it renders;
+scripts can read it from the ``hive_csrf`` cookie.
+
+**Paths.** Every request target is checked raw by :mod:`enforcer.paths` before
+any route runs (no rewriting: what the gateway decides on is what the backend
+receives), and a request whose raw path is in the agent space
+(``/agent...``) must have matched an agent route, else 404 - it can never land
+on a core route.
+
+**Headers.** Every client-sent ``X-Hive-*``, ``X-Forwarded-*``, ``Forwarded``,
+``X-Real-IP`` and hop-by-hop header is dropped; ``Cookie``, ``Authorization``
+and ``X-CSRF-Token`` never leave the gateway. To the core the gateway adds
+``X-Hive-Principal: operator`` (valid session only), ``X-Hive-Request-Id`` and
+``X-Hive-CSRF-Token``. To an agent UI it adds ``X-Forwarded-Prefix:
+/agent/<name>``, ``X-Forwarded-Proto``, ``X-Forwarded-Host`` and
+``X-Hive-Request-Id``; never the principal.
+
+**For agent UI authors.** Your UI is served at ``/`` of your UI port; the
+operator sees it at ``/agent/<name>/`` (the gateway strips that prefix, and
+tells you it in ``X-Forwarded-Prefix``). Use relative links, or prefix absolute
+ones with ``X-Forwarded-Prefix``. Your pages run sandboxed
+(``Content-Security-Policy: sandbox allow-scripts allow-forms``, no
+``allow-same-origin``): scripts and forms work, cookies and storage do not
+(``Set-Cookie`` is dropped), and you never see the operator's cookies or
+credentials. WebSockets and server-sent events work; send something at least
+every ``idle_timeout`` seconds (default 30) or the stream is closed.
+
+**Errors.** Unknown agent 404, agent UI down 502, agent or core too slow 504,
+core down 503: a small HTML page (JSON for ``/api/``), no internals. No CORS
+headers anywhere: every ``Access-Control-*`` header from a backend is dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import html
+import json
+import ssl
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import parse_qs, quote
+
+import aiohttp
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from multidict import CIMultiDict
+from yarl import URL
+
+from enforcer import authz, paths, proxy
+from enforcer.config import ConfigError, HiveConfig, load_config
+from enforcer.errors import BadRequest, Forbidden, HiveError, NotFound, Unavailable
+from enforcer.log import configure_logging, get_logger
+from enforcer.policy import PolicyEngine
+from enforcer.sessions import (
+    CSRF_COOKIE,
+    CSRF_FIELD,
+    CSRF_HEADER,
+    Session,
+    SessionStore,
+    cookie_name,
+    load_or_create_token,
+    origin_allowed,
+    tokens_equal,
+)
+
+__all__ = [
+    "AGENT_CSP",
+    "CONFIG",
+    "ENGINE",
+    "FORM_LIMIT",
+    "SESSIONS",
+    "AgentRegistry",
+    "add_arguments",
+    "create_app",
+    "run",
+]
+
+_log = get_logger("enforcer.gateway")
+
+AGENT_CSP = "sandbox allow-scripts allow-forms; frame-ancestors 'self'"
+"""Every response in the agent space carries this: no ``allow-same-origin``."""
+
+FORM_LIMIT = 64 * 1024
+"""Largest urlencoded form body the gateway reads to find its CSRF token."""
+
+_OPERATOR_CSP_DEFAULT = "frame-ancestors 'self'; base-uri 'self'; form-action 'self'"
+_GATEWAY_PAGE_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+    "frame-ancestors 'self'; base-uri 'none'"
+)
+_STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Response headers an agent may not set on the operator's origin.
+_AGENT_RESPONSE_DROP = frozenset(
+    {
+        "set-cookie",
+        "set-cookie2",
+        "clear-site-data",
+        "strict-transport-security",
+        "service-worker-allowed",
+        "content-security-policy",
+        "content-security-policy-report-only",
+        "x-frame-options",
+        "public-key-pins",
+    }
+)
+# Request headers that never leave the gateway.
+_PRIVATE_REQUEST = ("cookie", "authorization", CSRF_HEADER.lower())
+
+CONFIG: web.AppKey[HiveConfig] = web.AppKey("gateway_config", HiveConfig)
+ENGINE: web.AppKey[PolicyEngine] = web.AppKey("gateway_engine", PolicyEngine)
+SESSIONS: web.AppKey[SessionStore] = web.AppKey("gateway_sessions", SessionStore)
+_TOKEN: web.AppKey[list[str]] = web.AppKey("gateway_token", list)
+_CORE: web.AppKey[aiohttp.ClientSession] = web.AppKey("gateway_core", aiohttp.ClientSession)
+_AGENTS: web.AppKey[aiohttp.ClientSession] = web.AppKey("gateway_agents", aiohttp.ClientSession)
+_REGISTRY: web.AppKey[AgentRegistry] = web.AppKey("gateway_registry")
+
+_SESSION: web.RequestKey[Session] = web.RequestKey("gateway_session", Session)
+_SESSION_ID: web.RequestKey[str] = web.RequestKey("gateway_session_id", str)
+
+_AGENT_ROUTES = frozenset({"agent-ui", "agent-ui-slash"})
+
+
+# --- pages --------------------------------------------------------------------
+
+_TITLES = {
+    400: "Bad request",
+    401: "Log in first",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    413: "Request too large",
+    414: "Address too long",
+    502: "The agent's web UI is not answering",
+    503: "The core is unavailable",
+    504: "Timed out",
+}
+# 5xx reasons are fixed words: nothing from inside ever reaches the client.
+_SERVER_REASONS = {
+    502: "The upstream did not answer properly. Try again in a moment.",
+    503: "The core service is not reachable right now. Try again in a moment.",
+    504: "The upstream took too long to answer.",
+}
+
+
+def _page(title: str, body_html: str, *, status: int = 200) -> web.Response:
+    text = (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f"<title>{html.escape(title)} - hive-boundary</title>"
+        "<meta name=viewport content='width=device-width'>"
+        "<style>body{font:16px system-ui,sans-serif;max-width:32rem;margin:4rem auto;"
+        "padding:0 1rem;color:#222}input,button{font:inherit;padding:.4rem}</style>"
+        f"</head><body><h1>{html.escape(title)}</h1>{body_html}</body></html>"
+    )
+    response = web.Response(text=text, status=status, content_type="text/html")
+    response.headers["Content-Security-Policy"] = _GATEWAY_PAGE_CSP
+    return response
+
+
+def _error_page(status: int, reason: str) -> web.Response:
+    title = _TITLES.get(status, "Error")
+    shown = _SERVER_REASONS.get(status, "Something went wrong.") if status >= 500 else reason
+    return _page(title, f"<p>{html.escape(shown)}</p><p><a href='/'>Home</a></p>", status=status)
+
+
+def _json_error(status: int, code: str, reason: str, request: web.Request) -> web.Response:
+    if status >= 500:
+        reason = _SERVER_REASONS.get(status, "internal error")
+    return authz.json_error(status, code, reason, request_id=request.get(authz.REQUEST_ID))
+
+
+def _wants_json(request: web.Request) -> bool:
+    raw = request.raw_path
+    if paths.in_agent_space(raw):
+        return False
+    return raw == "/api" or raw.startswith(("/api/", "/api?"))
+
+
+def _login_form(next_target: str, message: str = "") -> str:
+    note = f"<p role=alert>{html.escape(message)}</p>" if message else ""
+    return (
+        f"{note}<form method=post action='/login'>"
+        "<label>Operator token<br><input type=password name=token autocomplete=off "
+        "required autofocus size=40></label>"
+        f"<input type=hidden name=next value='{html.escape(next_target, quote=True)}'>"
+        "<p><button type=submit>Log in</button></p></form>"
+        "<p>The token is in the gateway's state directory (<code>operator-token</code>).</p>"
+    )
+
+
+def _safe_next(value: str | None) -> str:
+    """A same-origin path to go to after login (never another host, never agent space)."""
+    if not value or not value.startswith("/") or value.startswith("//"):
+        return "/"
+    try:
+        target = paths.parse_target(value)
+    except HiveError:
+        return "/"
+    return str(target)
+
+
+# --- the agent registry -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    base: URL
+    expires_at: float
+
+
+class AgentRegistry:
+    """Agent UI addresses from the core (``GET /api/agents/<name>``), cached briefly."""
+
+    def __init__(self, config: HiveConfig, core: aiohttp.ClientSession, ttl: float = 2.0) -> None:
+        self._config = config
+        self._core = core
+        self._ttl = ttl
+        self._cache: dict[str, _Entry] = {}
+
+    async def ui_base(self, name: str, request_id: str) -> URL:
+        """The agent's UI base URL; :class:`NotFound` for an unknown agent."""
+        entry = self._cache.get(name)
+        now = time.monotonic()
+        if entry is not None and entry.expires_at > now:
+            return entry.base
+        base = await self._lookup(name, request_id)
+        self._cache[name] = _Entry(base, now + self._ttl)
+        return base
+
+    def forget(self, name: str) -> None:
+        """Drop a cached address (after the UI failed: it may have moved)."""
+        self._cache.pop(name, None)
+
+    async def _lookup(self, name: str, request_id: str) -> URL:
+        headers = {
+            "Host": _authority(self._config),
+            "X-Hive-Principal": "operator",
+            "X-Hive-Request-Id": request_id,
+            "Accept": "application/json",
+        }
+        url = URL.build(scheme="http", host="core", path=f"/api/agents/{name}")
+        try:
+            async with self._core.get(url, headers=headers, allow_redirects=False) as resp:
+                if resp.status == 404:
+                    raise NotFound(f"no agent named {name!r}")
+                if resp.status != 200:
+                    raise Unavailable("the core could not say where this agent is")
+                data = await resp.json(content_type=None)
+        except TimeoutError as e:
+            raise proxy.UpstreamTimeout("the core did not answer in time") from e
+        except (aiohttp.ClientError, ValueError) as e:
+            raise Unavailable("the core is unreachable") from e
+        record = data.get("agent", data) if isinstance(data, dict) else None
+        raw = record.get("ui_url") if isinstance(record, dict) else None
+        if not isinstance(raw, str):
+            raise proxy.UpstreamUnreachable(f"agent {name!r} has no web UI right now")
+        return _check_ui_url(name, raw)
+
+
+def _check_ui_url(name: str, raw: str) -> URL:
+    try:
+        url = URL(raw)
+    except ValueError as e:
+        raise proxy.UpstreamError(f"agent {name!r} has no usable UI address") from e
+    if (
+        url.scheme not in {"http", "https"}
+        or not url.host
+        or url.path not in {"", "/"}
+        or url.query_string
+        or url.fragment
+        or url.user
+        or url.password
+    ):
+        raise proxy.UpstreamError(f"agent {name!r} has no usable UI address")
+    return url.with_path("/")
+
+
+# --- principal, guards, headers -----------------------------------------------
+
+
+def _authority(config: HiveConfig) -> str:
+    return URL(config.gateway.origin).raw_authority
+
+
+def _tls(config: HiveConfig) -> bool:
+    return config.gateway.tls_cert is not None and config.gateway.tls_key is not None
+
+
+async def _principal_of(request: web.Request) -> str:
+    app = request.app
+    session_id = request.cookies.get(cookie_name(_tls(app[CONFIG])))
+    session = app[SESSIONS].get(session_id)
+    if session is None or session_id is None:
+        return "anonymous"
+    request[_SESSION] = session
+    request[_SESSION_ID] = session_id
+    return "operator"
+
+
+@web.middleware
+async def _pages_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: turn gateway-made errors into pages (or API JSON); anonymous -> login."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as e:
+        if e.status >= 400:
+            raise
+        return e
+    if response.prepared or response.status < 400:
+        return response
+    anonymous = request.get(authz.PRINCIPAL, "anonymous") == "anonymous"
+    if response.status == 403 and anonymous and request.get(authz.DECISION) is None:
+        return _unauthenticated(request)
+    if _wants_json(request):
+        if response.status >= 500:
+            return _json_error(response.status, "unavailable", "", request)
+        return response
+    reason = ""
+    if isinstance(response, web.Response) and response.content_type == "application/json":
+        try:
+            body = json.loads(response.body if isinstance(response.body, bytes) else b"{}")
+            reason = str(body.get("reason", ""))
+        except ValueError:
+            reason = ""
+    page = _error_page(response.status, reason)
+    if "Allow" in response.headers:
+        page.headers["Allow"] = response.headers["Allow"]
+    return page
+
+
+def _unauthenticated(request: web.Request) -> web.Response:
+    if _wants_json(request):
+        return _json_error(401, "unauthorized", "log in at /login first", request)
+    if request.method in {"GET", "HEAD"}:
+        try:
+            target = str(paths.parse_target(request.raw_path))
+        except HiveError:
+            target = "/"
+        raise web.HTTPSeeOther(f"/login?next={quote(target, safe='')}")
+    return _page("Log in first", "<p><a href='/login'>Log in</a></p>", status=401)
+
+
+@web.middleware
+async def _space_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A raw path in the agent space must have matched an agent route, and only then."""
+    route = request.match_info.route
+    agent_route = route.name in _AGENT_ROUTES if route is not None else False
+    if paths.in_agent_space(request.raw_path) != agent_route:
+        raise NotFound("no such page")
+    return await handler(request)
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Last word on every response's headers, right before they are sent."""
+    headers = response.headers
+    for name in [n for n in headers if n.lower().startswith("access-control-")]:
+        headers.popall(name, None)
+    request_id = request.get(authz.REQUEST_ID)
+    if request_id:
+        headers["X-Hive-Request-Id"] = request_id
+    headers["X-Content-Type-Options"] = "nosniff"
+    if paths.in_agent_space(request.raw_path):
+        for name in [n for n in headers if n.lower() in _AGENT_RESPONSE_DROP]:
+            headers.popall(name, None)
+        headers["Content-Security-Policy"] = AGENT_CSP
+        headers["Referrer-Policy"] = "no-referrer"
+        return
+    csp = headers.get("Content-Security-Policy")
+    if csp is None:
+        headers["Content-Security-Policy"] = _OPERATOR_CSP_DEFAULT
+    elif "frame-ancestors" not in csp:
+        headers["Content-Security-Policy"] = f"{csp}; frame-ancestors 'self'"
+    headers.setdefault("X-Frame-Options", "SAMEORIGIN")
+    headers.setdefault("Referrer-Policy", "same-origin")
+    headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+    headers.setdefault("Cross-Origin-Resource-Policy", "same-origin")
+    if not request.raw_path.startswith("/static/"):
+        headers.setdefault("Cache-Control", "no-store")
+    config = request.app[CONFIG]
+    if _tls(config):
+        headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+
+
+def _origin_ok(request: web.Request) -> bool:
+    return origin_allowed(
+        request.headers.get("Origin"),
+        request.headers.get("Sec-Fetch-Site"),
+        request.app[CONFIG].gateway.origin,
+    )
+
+
+async def _require_csrf(request: web.Request) -> bytes | None:
+    """Session + same origin + CSRF token, or :class:`Forbidden`; returns a read form body."""
+    session = request.get(_SESSION)
+    if session is None:
+        raise Forbidden("an operator session is required")
+    if not _origin_ok(request):
+        raise Forbidden("cross-origin request refused (Origin / Sec-Fetch-Site)")
+    token = request.headers.get(CSRF_HEADER)
+    body: bytes | None = None
+    if token is None and request.content_type == "application/x-www-form-urlencoded":
+        length = request.content_length
+        if length is not None and length > FORM_LIMIT:
+            raise BadRequest(f"form bodies over {FORM_LIMIT} bytes need the {CSRF_HEADER} header")
+        body = await request.content.read(FORM_LIMIT + 1)
+        if len(body) > FORM_LIMIT or not request.content.at_eof():
+            raise BadRequest(f"form bodies over {FORM_LIMIT} bytes need the {CSRF_HEADER} header")
+        try:
+            fields = parse_qs(body.decode("utf-8"), keep_blank_values=True)
+        except UnicodeDecodeError as e:
+            raise BadRequest("the form is not UTF-8") from e
+        values = fields.get(CSRF_FIELD, [])
+        token = values[0] if len(values) == 1 else None
+    if not session.csrf_ok(token):
+        raise Forbidden("missing or wrong CSRF token")
+    return body
+
+
+def _core_headers(request: web.Request) -> CIMultiDict[str]:
+    config = request.app[CONFIG]
+    headers = proxy.filter_request_headers(request.headers, drop=_PRIVATE_REQUEST)
+    headers["Host"] = _authority(config)
+    headers["X-Hive-Request-Id"] = request[authz.REQUEST_ID]
+    session = request.get(_SESSION)
+    if session is not None and request.get(authz.PRINCIPAL) == "operator":
+        headers["X-Hive-Principal"] = "operator"
+        headers["X-Hive-CSRF-Token"] = session.csrf_token
+    return headers
+
+
+def _core_url(request: web.Request) -> URL:
+    target = paths.parse_target(request.raw_path)
+    return URL.build(
+        scheme="http", host="core", path=target.path, query_string=target.query or "", encoded=True
+    )
+
+
+# --- handlers -----------------------------------------------------------------
+
+
+async def _health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _login_form_handler(request: web.Request) -> web.Response:
+    next_target = _safe_next(request.query.get("next"))
+    return _page("Log in", _login_form(next_target))
+
+
+async def _login(request: web.Request) -> web.StreamResponse:
+    config = request.app[CONFIG]
+    if not _origin_ok(request):
+        raise Forbidden("cross-origin login refused (Origin / Sec-Fetch-Site)")
+    form = await request.post()
+    token = form.get("token")
+    next_target = _safe_next(str(form.get("next", "/")))
+    if not isinstance(token, str) or not tokens_equal(token.strip(), request.app[_TOKEN][0]):
+        _log.info("login.failed", request_id=request.get(authz.REQUEST_ID))
+        await asyncio.sleep(0.2)  # a little friction for guessers; the token is 256 bits anyway
+        return _page("Log in", _login_form(next_target, "That token is not right."), status=401)
+    store = request.app[SESSIONS]
+    store.revoke(request.get(_SESSION_ID))
+    session_id, session = store.create()
+    _log.info("login.ok", request_id=request.get(authz.REQUEST_ID))
+    response = web.HTTPSeeOther(next_target)
+    _set_cookies(response, config, session_id, session)
+    return response
+
+
+def _set_cookies(
+    response: web.StreamResponse, config: HiveConfig, session_id: str, session: Session
+) -> None:
+    tls = _tls(config)
+    ttl = config.gateway.session_ttl_seconds
+    common: dict[str, object] = {"path": "/", "samesite": "Strict", "secure": tls, "max_age": ttl}
+    response.set_cookie(cookie_name(tls), session_id, httponly=True, **common)  # type: ignore[arg-type]
+    response.set_cookie(CSRF_COOKIE, session.csrf_token, httponly=False, **common)  # type: ignore[arg-type]
+
+
+async def _logout(request: web.Request) -> web.StreamResponse:
+    await _require_csrf(request)
+    config = request.app[CONFIG]
+    request.app[SESSIONS].revoke(request.get(_SESSION_ID))
+    _log.info("logout", request_id=request.get(authz.REQUEST_ID))
+    response = web.HTTPSeeOther("/login")
+    tls = _tls(config)
+    response.del_cookie(cookie_name(tls), path="/", secure=tls, samesite="Strict")
+    response.del_cookie(CSRF_COOKIE, path="/", secure=tls, samesite="Strict")
+    return response
+
+
+async def _to_core(request: web.Request) -> web.StreamResponse:
+    body: bytes | None = None
+    if request.method in _STATE_CHANGING:
+        body = await _require_csrf(request)
+    url = _core_url(request)
+    headers = _core_headers(request)
+    try:
+        if proxy.is_websocket_upgrade(request):
+            if not _origin_ok(request):
+                raise Forbidden("cross-origin WebSocket refused")
+            return await proxy.forward_websocket(request, request.app[_CORE], url, headers)
+        return await proxy.forward_http(request, request.app[_CORE], url, headers, body=body)
+    except proxy.UpstreamTimeout:
+        raise
+    except proxy.UpstreamError as e:
+        raise Unavailable("the core is unavailable") from e
+
+
+async def _static(request: web.Request) -> web.StreamResponse:
+    # Public assets: forwarded without the operator marker, whoever asks.
+    headers = proxy.filter_request_headers(request.headers, drop=_PRIVATE_REQUEST)
+    headers["Host"] = _authority(request.app[CONFIG])
+    headers["X-Hive-Request-Id"] = request[authz.REQUEST_ID]
+    try:
+        return await proxy.forward_http(request, request.app[_CORE], _core_url(request), headers)
+    except proxy.UpstreamTimeout:
+        raise
+    except proxy.UpstreamError as e:
+        raise Unavailable("the core is unavailable") from e
+
+
+def _agent_of(request: web.Request) -> paths.AgentTarget:
+    agent = paths.agent_target(paths.parse_target(request.raw_path))
+    if agent is None or not agent.name:
+        raise NotFound("no such agent")
+    return agent
+
+
+def _agent_resource(request: web.Request) -> str:
+    return f"agent:{_agent_of(request).name}/ui"
+
+
+async def _agent_slash(request: web.Request) -> web.StreamResponse:
+    agent = _agent_of(request)
+    location = f"{agent.prefix}/" + ("" if agent.query is None else f"?{agent.query}")
+    raise web.HTTPPermanentRedirect(location)
+
+
+async def _agent_ui(request: web.Request) -> web.StreamResponse:
+    config = request.app[CONFIG]
+    agent = _agent_of(request)
+    registry = request.app[_REGISTRY]
+    base = await registry.ui_base(agent.name, request[authz.REQUEST_ID])
+    url = URL.build(
+        scheme=base.scheme,
+        host=base.raw_host or "",
+        port=base.explicit_port,
+        path=agent.path,
+        query_string=agent.query or "",
+        encoded=True,
+    )
+    headers = proxy.filter_request_headers(request.headers, drop=_PRIVATE_REQUEST)
+    headers["X-Forwarded-Prefix"] = agent.prefix
+    headers["X-Forwarded-Proto"] = "https" if _tls(config) else "http"
+    headers["X-Forwarded-Host"] = _authority(config)
+    headers["X-Hive-Request-Id"] = request[authz.REQUEST_ID]
+    try:
+        if proxy.is_websocket_upgrade(request):
+            return await proxy.forward_websocket(request, request.app[_AGENTS], url, headers)
+        return await proxy.forward_http(
+            request, request.app[_AGENTS], url, headers, response_drop=_AGENT_RESPONSE_DROP
+        )
+    except proxy.UpstreamError:
+        registry.forget(agent.name)
+        raise
+
+
+# --- the application ----------------------------------------------------------
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    app[_TOKEN].append(load_or_create_token(config.operator_token_file))
+    connect, idle = config.gateway.connect_timeout, config.gateway.idle_timeout
+    async with (
+        proxy.unix_session(config.core_socket, connect_timeout=connect, idle_timeout=idle) as core,
+        proxy.tcp_session(connect_timeout=connect, idle_timeout=idle) as agents,
+    ):
+        app[_CORE] = core
+        app[_AGENTS] = agents
+        app[_REGISTRY] = AgentRegistry(config, core)
+        yield
+
+
+def create_app(config: HiveConfig, *, engine: PolicyEngine | None = None) -> web.Application:
+    """The gateway application (routes bound, default-deny authorisation, sessions)."""
+    engine = engine if engine is not None else PolicyEngine(config.policy_dir)
+    app = web.Application(
+        client_max_size=FORM_LIMIT,
+        middlewares=[
+            _pages_middleware,
+            authz.error_middleware,
+            _space_guard,
+            authz.authorization_middleware(
+                engine=engine,
+                channel="gateway",
+                principal_of=_principal_of,
+                path_check=paths.check_target,
+            ),
+        ],
+    )
+    app[CONFIG] = config
+    app[ENGINE] = engine
+    app[SESSIONS] = SessionStore(config.gateway.session_ttl_seconds)
+    app[_TOKEN] = []
+    app.cleanup_ctx.append(_resources)
+    app.on_startup.append(authz.startup_check(engine=engine, channel="gateway"))
+    app.on_response_prepare.append(_security_headers)
+
+    authz.bind(
+        app, "GET", "/login", _login_form_handler, action="session.login", resource="session"
+    )
+    authz.bind(app, "POST", "/login", _login, action="session.login", resource="session")
+    authz.bind(app, "POST", "/logout", _logout, action="session.logout", resource="session")
+    authz.bind(app, "GET", "/health", _health, action="health.read", resource="health")
+    authz.bind(
+        app,
+        "GET",
+        "/static/{path:.+}",
+        _static,
+        action="static.read",
+        resource=lambda r: f"static/{paths.parse_target(r.raw_path).path[len('/static/') :]}",
+    )
+    authz.bind(
+        app,
+        "*",
+        "/agent/{name}/{tail:.*}",
+        _agent_ui,
+        action="agent.ui.view",
+        resource=_agent_resource,
+        name="agent-ui",
+    )
+    authz.bind(
+        app,
+        "GET",
+        "/agent/{name}",
+        _agent_slash,
+        action="agent.ui.view",
+        resource=_agent_resource,
+        name="agent-ui-slash",
+    )
+    authz.bind(app, "*", "/{tail:.*}", _to_core, action="dashboard.view", resource="ui")
+    return app
+
+
+def _ssl_context(config: HiveConfig) -> ssl.SSLContext | None:
+    gw = config.gateway
+    if gw.tls_cert is None or gw.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(gw.tls_cert), str(gw.tls_key))
+    return context
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``hive-boundary gateway``."""
+    parser.add_argument("--config", type=Path, help="hive.toml (default /etc/hive/hive.toml)")
+    parser.add_argument("--listen", help="HOST:PORT to listen on (overrides [gateway] listen)")
+
+
+def _config_from_args(args: argparse.Namespace) -> HiveConfig:
+    config = load_config(args.config)
+    if args.listen:
+        host, _, port = str(args.listen).rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError("--listen must be HOST:PORT")
+        gateway = replace(config.gateway, host=host.strip("[]"), port=int(port))
+        config = replace(config, gateway=gateway)
+    return config
+
+
+def run(config: HiveConfig | argparse.Namespace) -> int:
+    """Serve the gateway until interrupted.
+
+    Takes a :class:`HiveConfig`, or the parsed ``hive-boundary gateway``
+    arguments (the daemons' dispatch table calls ``run(args)``).
+    """
+    configure_logging()
+    if isinstance(config, argparse.Namespace):
+        try:
+            config = _config_from_args(config)
+        except HiveError as e:
+            print(f"hive-boundary gateway: {e.reason}", file=sys.stderr)
+            return 2
+    app = create_app(config)
+    web.run_app(
+        app,
+        host=config.gateway.host,
+        port=config.gateway.port,
+        ssl_context=_ssl_context(config),
+        access_log=None,
+        print=None,
+    )
+    return 0

@@ -1,0 +1,321 @@
+"""Streaming reverse-proxy helpers: to a unix socket (the core) or TCP (agent UIs).
+
+- Bodies stream both ways in chunks (``iter_any``), never read whole; the
+  upstream gets ``Content-Length`` when the client sent one, else chunked.
+- WebSocket upgrades are bridged message by message; server-sent events are
+  ordinary streamed responses (each chunk is written as soon as it arrives).
+- Timeouts: ``connect_timeout`` to reach the upstream, ``idle_timeout`` for
+  each read from it (so a long SSE stream lives while it keeps talking).
+- Hop-by-hop headers (RFC 9110 7.6.1: ``Connection`` and every header it
+  names, ``Keep-Alive``, ``Proxy-Connection``, ``TE``, ``Trailer``,
+  ``Transfer-Encoding``, ``Upgrade``, ``Proxy-Authenticate``,
+  ``Proxy-Authorization``) are dropped in both directions; so are
+  client-sent identity and forwarding headers (:func:`is_spoofable`) and every
+  ``Access-Control-*`` response header (there is no CORS anywhere).
+- Upstream sessions never keep cookies and never decompress (bytes pass as sent).
+
+Failures before the response starts raise :class:`UpstreamUnreachable` or
+:class:`UpstreamTimeout` for the caller to turn into its own page; after the
+response has started, the client connection is aborted (a truncated body must
+not look complete).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from enforcer.errors import HiveError
+
+__all__ = [
+    "HOP_BY_HOP",
+    "UpstreamError",
+    "UpstreamTimeout",
+    "UpstreamUnreachable",
+    "filter_request_headers",
+    "filter_response_headers",
+    "forward_http",
+    "forward_websocket",
+    "is_spoofable",
+    "is_websocket_upgrade",
+    "tcp_session",
+    "unix_session",
+]
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    }
+)
+"""RFC 9110 7.6.1 (plus the common non-standard ``Proxy-Connection``)."""
+
+# Handled by the proxy itself, never forwarded as received.
+_REQUEST_OWN = frozenset({"host", "expect"})
+_WEBSOCKET_HANDSHAKE = frozenset(
+    {
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-accept",
+    }
+)
+_SPOOFABLE_EXACT = frozenset({"forwarded", "x-real-ip"})
+_SPOOFABLE_PREFIXES = ("x-hive-", "x-forwarded-")
+_CHUNK = 64 * 1024
+
+
+class UpstreamError(HiveError):
+    """The upstream failed before a response could start."""
+
+    status = 502
+    code = "bad_gateway"
+
+
+class UpstreamUnreachable(UpstreamError):
+    """Could not connect to the upstream (down, refused, no socket)."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not connect or answer within its timeout."""
+
+    status = 504
+    code = "gateway_timeout"
+
+
+def is_spoofable(name: str) -> bool:
+    """Identity/forwarding headers that only the gateway itself may set."""
+    lower = name.lower()
+    return lower in _SPOOFABLE_EXACT or lower.startswith(_SPOOFABLE_PREFIXES)
+
+
+def _connection_named(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> set[str]:
+    named: set[str] = set()
+    getall = getattr(headers, "getall", None)
+    values = getall("Connection", []) if getall else [headers.get("Connection", "")]
+    for value in values:
+        named.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return named
+
+
+def filter_request_headers(
+    headers: CIMultiDictProxy[str], *, drop: Iterable[str] = ()
+) -> CIMultiDict[str]:
+    """Client headers fit to forward: no hop-by-hop, spoofable, ``Host`` or ``drop`` names."""
+    refused = HOP_BY_HOP | _REQUEST_OWN | _connection_named(headers) | {d.lower() for d in drop}
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in refused or is_spoofable(lower):
+            continue
+        out.add(name, value)
+    return out
+
+
+def filter_response_headers(
+    headers: CIMultiDictProxy[str], *, drop: Iterable[str] = ()
+) -> CIMultiDict[str]:
+    """Upstream headers fit to return: no hop-by-hop, ``Access-Control-*``, ``X-Hive-*``."""
+    refused = HOP_BY_HOP | _connection_named(headers) | {d.lower() for d in drop}
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in refused or lower.startswith(("access-control-", "x-hive-")):
+            continue
+        out.add(name, value)
+    return out
+
+
+def is_websocket_upgrade(request: web.BaseRequest) -> bool:
+    """A WebSocket handshake (``Connection: upgrade`` + ``Upgrade: websocket``)."""
+    return request.headers.get("Upgrade", "").lower() == "websocket" and "upgrade" in (
+        _connection_named(request.headers)
+    )
+
+
+def _timeout(connect_timeout: float, idle_timeout: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(
+        total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=idle_timeout
+    )
+
+
+def _session(
+    connector: aiohttp.BaseConnector, connect_timeout: float, idle_timeout: float
+) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=_timeout(connect_timeout, idle_timeout),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=False,
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+    )
+
+
+def unix_session(
+    path: Path, *, connect_timeout: float, idle_timeout: float, limit: int = 256
+) -> aiohttp.ClientSession:
+    """A keep-alive client session whose every connection goes to the unix socket ``path``."""
+    return _session(
+        aiohttp.UnixConnector(path=str(path), limit=limit), connect_timeout, idle_timeout
+    )
+
+
+def tcp_session(
+    *, connect_timeout: float, idle_timeout: float, limit: int = 256
+) -> aiohttp.ClientSession:
+    """A keep-alive client session for TCP upstreams (agent UIs)."""
+    return _session(
+        aiohttp.TCPConnector(limit=limit, use_dns_cache=False), connect_timeout, idle_timeout
+    )
+
+
+def _abort(request: web.BaseRequest) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+
+
+async def forward_http(
+    request: web.Request,
+    session: aiohttp.ClientSession,
+    url: URL,
+    headers: CIMultiDict[str],
+    *,
+    body: bytes | None = None,
+    response_drop: Iterable[str] = (),
+) -> web.StreamResponse:
+    """Forward ``request`` to ``url`` (encoded, sent as is) and stream the answer back.
+
+    ``headers`` are sent as given (the caller filtered them and set its own);
+    ``body`` replaces the client's body when the caller had to read it (a small
+    form), otherwise the client's body streams through.
+    """
+    data: object
+    if body is not None:
+        data = body
+        headers["Content-Length"] = str(len(body))
+    elif request.body_exists:
+        data = request.content
+    else:
+        data = None
+    try:
+        upstream = await session.request(
+            request.method, url, headers=headers, data=data, allow_redirects=False
+        )
+    except TimeoutError as e:
+        raise UpstreamTimeout("the upstream did not answer in time") from e
+    except (aiohttp.ClientConnectorError, aiohttp.ClientOSError) as e:
+        raise UpstreamUnreachable("the upstream is unreachable") from e
+    except aiohttp.ClientError as e:
+        raise UpstreamError("the upstream failed") from e
+    try:
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.extend(filter_response_headers(upstream.headers, drop=response_drop))
+        await response.prepare(request)
+        try:
+            if request.method != "HEAD":
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+            await response.write_eof()
+        except (TimeoutError, aiohttp.ClientError):
+            # Headers are gone already: cut the client off rather than let a
+            # truncated body pass for a whole one.
+            _abort(request)
+        return response
+    finally:
+        upstream.release()
+
+
+def _protocols(request: web.BaseRequest) -> tuple[str, ...]:
+    value = request.headers.get("Sec-WebSocket-Protocol", "")
+    return tuple(p.strip() for p in value.split(",") if p.strip())
+
+
+async def _pump_to_client(
+    source: aiohttp.ClientWebSocketResponse, sink: web.WebSocketResponse
+) -> None:
+    async for msg in source:
+        if msg.type is aiohttp.WSMsgType.TEXT:
+            await sink.send_str(msg.data)
+        elif msg.type is aiohttp.WSMsgType.BINARY:
+            await sink.send_bytes(msg.data)
+        else:
+            break
+
+
+async def _pump_to_upstream(
+    source: web.WebSocketResponse, sink: aiohttp.ClientWebSocketResponse
+) -> None:
+    async for msg in source:
+        if msg.type is aiohttp.WSMsgType.TEXT:
+            await sink.send_str(msg.data)
+        elif msg.type is aiohttp.WSMsgType.BINARY:
+            await sink.send_bytes(msg.data)
+        else:
+            break
+
+
+async def forward_websocket(
+    request: web.Request,
+    session: aiohttp.ClientSession,
+    url: URL,
+    headers: CIMultiDict[str],
+    *,
+    max_msg_size: int = 4 << 20,
+) -> web.WebSocketResponse:
+    """Bridge a WebSocket: connect upstream first (errors become 502/504), then accept."""
+    for name in list(headers):
+        if name.lower() in _WEBSOCKET_HANDSHAKE or name.lower() == "sec-websocket-protocol":
+            headers.popall(name, None)
+    try:
+        upstream = await session.ws_connect(
+            url,
+            headers=headers,
+            protocols=_protocols(request),
+            autoping=True,
+            max_msg_size=max_msg_size,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+        )
+    except TimeoutError as e:
+        raise UpstreamTimeout("the upstream did not answer in time") from e
+    except aiohttp.WSServerHandshakeError as e:
+        raise UpstreamError(f"the upstream refused the WebSocket ({e.status})") from e
+    except (aiohttp.ClientConnectorError, aiohttp.ClientOSError) as e:
+        raise UpstreamUnreachable("the upstream is unreachable") from e
+    except aiohttp.ClientError as e:
+        raise UpstreamError("the upstream failed") from e
+    protocols = (upstream.protocol,) if upstream.protocol else ()
+    client = web.WebSocketResponse(protocols=protocols, autoping=True, max_msg_size=max_msg_size)
+    try:
+        await client.prepare(request)
+        tasks = [
+            asyncio.ensure_future(_pump_to_client(upstream, client)),
+            asyncio.ensure_future(_pump_to_upstream(client, upstream)),
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+    finally:
+        await upstream.close()
+        await client.close()
+    return client

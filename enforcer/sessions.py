@@ -1,0 +1,192 @@
+"""Operator authentication at the gateway: the token file, sessions, CSRF tokens.
+
+- The operator token is generated at the gateway's first start into
+  ``STATE/operator-token`` (``HiveConfig.operator_token_file``), mode 0600,
+  created with ``O_EXCL|O_NOFOLLOW``; a later start reads it and refuses a
+  file that is not a regular file or that group/others can read.
+- Logging in exchanges the token (compared in constant time) for a session:
+  a random 256-bit id in a cookie (``HttpOnly``, ``SameSite=Strict``, ``Path=/``,
+  ``Secure`` and the ``__Host-`` name prefix with TLS). The store keeps only
+  a hash of the id, in memory, with an absolute expiry; logout revokes it.
+- Each session has its own CSRF token; a state-changing request must carry it
+  (``X-CSRF-Token`` header or ``csrf_token`` form field), compared in
+  constant time against the session's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from enforcer.errors import HiveError
+
+__all__ = [
+    "CSRF_COOKIE",
+    "CSRF_FIELD",
+    "CSRF_HEADER",
+    "Session",
+    "SessionStore",
+    "TokenFileError",
+    "cookie_name",
+    "load_or_create_token",
+    "origin_allowed",
+    "tokens_equal",
+]
+
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf_token"
+CSRF_COOKIE = "hive_csrf"
+"""Readable by the operator's own scripts (not HttpOnly); useless to another site
+(SameSite=Strict) and to agent content (sandboxed: an opaque origin, no cookies)."""
+
+_TOKEN_BYTES = 32
+
+
+class TokenFileError(HiveError):
+    """The operator token file is unusable (wrong type, too open, empty, unreadable)."""
+
+    status = 500
+    code = "bad_token_file"
+
+
+def tokens_equal(given: str, expected: str) -> bool:
+    """Constant-time comparison of two secrets (time does not depend on where they differ)."""
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def load_or_create_token(path: Path) -> str:
+    """The operator token at ``path``, generated (mode 0600) if the file does not exist."""
+    token = secrets.token_urlsafe(_TOKEN_BYTES)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return _read_token(path)
+    except OSError as e:
+        raise TokenFileError(f"{path}: cannot create the operator token file: {e}") from e
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        # umask cannot loosen 0600, but a pre-set umask could tighten it oddly: be explicit.
+        os.fchmod(f.fileno(), 0o600)
+        f.write(token + "\n")
+    return token
+
+
+def _read_token(path: Path) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as e:
+        raise TokenFileError(f"{path}: cannot open the operator token file: {e}") from e
+    with os.fdopen(fd, "r", encoding="ascii", errors="strict") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise TokenFileError(f"{path}: the operator token file is not a regular file")
+        if info.st_mode & 0o077:
+            raise TokenFileError(
+                f"{path}: the operator token file is readable by others "
+                f"(mode {stat.S_IMODE(info.st_mode):04o}); chmod 600 it"
+            )
+        try:
+            token = f.read(4096).strip()
+        except UnicodeDecodeError as e:
+            raise TokenFileError(f"{path}: the operator token is not ASCII") from e
+    if len(token) < 16:
+        raise TokenFileError(f"{path}: the operator token is empty or too short")
+    return token
+
+
+def cookie_name(tls: bool) -> str:
+    """The session cookie's name; with TLS the ``__Host-`` prefix pins it to this origin."""
+    return "__Host-hive_session" if tls else "hive_session"
+
+
+def _digest(session_id: str) -> bytes:
+    return hashlib.sha256(session_id.encode("utf-8")).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """One operator session: its CSRF token and when it ends (store clock)."""
+
+    csrf_token: str
+    expires_at: float
+
+    def csrf_ok(self, given: str | None) -> bool:
+        """Whether ``given`` is this session's CSRF token (constant time)."""
+        return given is not None and tokens_equal(given, self.csrf_token)
+
+
+class SessionStore:
+    """Sessions in memory, keyed by the SHA-256 of the id, with absolute expiry.
+
+    Only hashes are kept, so a dictionary lookup's timing says nothing useful
+    about a valid id. At most ``max_sessions`` live at once (the oldest goes).
+    """
+
+    def __init__(
+        self,
+        ttl_seconds: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_sessions: int = 1024,
+    ) -> None:
+        self.ttl = ttl_seconds
+        self._clock = clock
+        self._max = max_sessions
+        self._sessions: dict[bytes, Session] = {}
+
+    def create(self) -> tuple[str, Session]:
+        """A new session: (the id to put in the cookie, the session)."""
+        self._purge()
+        while len(self._sessions) >= self._max:
+            # dicts keep insertion order: the first key is the oldest session.
+            del self._sessions[next(iter(self._sessions))]
+        session_id = secrets.token_urlsafe(_TOKEN_BYTES)
+        session = Session(secrets.token_urlsafe(_TOKEN_BYTES), self._clock() + self.ttl)
+        self._sessions[_digest(session_id)] = session
+        return session_id, session
+
+    def get(self, session_id: str | None) -> Session | None:
+        """The live session for a cookie value, or None (absent, unknown, expired)."""
+        if not session_id or len(session_id) > 128:
+            return None
+        key = _digest(session_id)
+        session = self._sessions.get(key)
+        if session is None:
+            return None
+        if session.expires_at <= self._clock():
+            del self._sessions[key]
+            return None
+        return session
+
+    def revoke(self, session_id: str | None) -> None:
+        """End a session (logout); unknown ids are ignored."""
+        if session_id:
+            self._sessions.pop(_digest(session_id), None)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def _purge(self) -> None:
+        now = self._clock()
+        for key in [k for k, s in self._sessions.items() if s.expires_at <= now]:
+            del self._sessions[key]
+
+
+def origin_allowed(origin: str | None, sec_fetch_site: str | None, expected: str) -> bool:
+    """Whether a state-changing request comes from the gateway's own origin.
+
+    ``Origin`` must equal ``expected`` exactly when present (``null`` never
+    does); without it, the browser must say ``Sec-Fetch-Site: same-origin``.
+    A ``Sec-Fetch-Site`` other than ``same-origin`` is refused either way.
+    """
+    if sec_fetch_site is not None and sec_fetch_site.strip().lower() != "same-origin":
+        return False
+    if origin is not None:
+        return origin.strip() == expected
+    return sec_fetch_site is not None
