@@ -7,7 +7,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,18 +84,14 @@ def leftovers(names: Names) -> dict[str, list[str]]:
 def sweep(names: Names) -> None:
     """Remove whatever of this test is left (namespaces, links, table)."""
     for ns in links.list_namespaces(names.prefix):
-        try:
+        with suppress(links.LinkError):
             links.remove_container_links(ns, "")
-        except links.LinkError:
-            pass
     with IPRoute() as ipr:
         for link in ipr.link("dump"):
             name = str(link.get_attr("IFLA_IFNAME"))
             if name.startswith(names.ifprefix):
-                try:
+                with suppress(Exception):
                     ipr.link("del", index=link["index"])
-                except Exception:
-                    pass
     Nft(names.table).delete_table()
 
 

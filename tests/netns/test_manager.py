@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from netns import links, manager
+from netns import links
 from netns.manager import NetnsManager
 from netns.probe import Prober
 from tests.conftest import require_root
@@ -34,7 +34,8 @@ def test_up_then_down_leaves_nothing_behind(names: Names) -> None:
     with managed(names, make_policy(names, EGRESS)) as m:
         a = m.up("alpha", ["agent"])
         m.up("beta", [])
-        assert links.namespace_exists(a.netns) and links.link_is_up(a.host_ifname)
+        assert links.namespace_exists(a.netns)
+        assert links.link_is_up(a.host_ifname)
         assert m.drift().in_sync
         m.down("alpha")
         m.down("beta")
@@ -60,12 +61,14 @@ def test_a_failure_between_isolation_and_link_up_removes_the_container(
         raise links.LinkError("simulated crash before the link comes up")
 
     with managed(names, make_policy(names, EGRESS)) as m:
-        monkeypatch.setattr(manager.links, "create_container_links", create_then_crash)
+        monkeypatch.setattr(links, "create_container_links", create_then_crash)
         with pytest.raises(links.LinkError):
             m.up("gamma", ["agent"])
         monkeypatch.undo()
         left = leftovers(names)
-        assert left["namespaces"] == [] and left["links"] == [] and left["addresses"] == []
+        assert left["namespaces"] == []
+        assert left["links"] == []
+        assert left["addresses"] == []
         assert m.names() == []
         assert m.drift().in_sync  # its set elements are gone too
 
@@ -75,12 +78,14 @@ def test_reconcile_reports_and_repairs_a_deleted_or_flushed_table(names: Names) 
         m.up("alpha", ["agent"])
         m.nft.delete_table()
         report = m.reconcile()
-        assert report.table_missing and report.repaired
+        assert report.table_missing
+        assert report.repaired
         assert m.drift().in_sync
         m.nft.flush_table()
         report = m.reconcile()
         # `flush table` drops every rule (sets stay): each chain reports what it lost.
-        assert report.repaired and set(report.changed_rules) == {"input", "forward", "postrouting"}
+        assert report.repaired
+        assert set(report.changed_rules) == {"input", "forward", "postrouting"}
         assert m.nft.live() == m.compiled().normalised()
 
 
@@ -92,7 +97,8 @@ def test_drift_names_the_exact_missing_element(names: Names) -> None:
         )
         d = m.drift()
         assert d.missing_elements == {"eg0_if": [c.host_ifname]}
-        assert not d.extra_elements and not d.changed_rules
+        assert not d.extra_elements
+        assert not d.changed_rules
 
 
 def test_a_restarted_manager_reconciles_from_its_inventory_file(names: Names) -> None:
@@ -114,7 +120,8 @@ def test_allocation_is_deterministic_and_reuses_freed_slots(names: Names) -> Non
         b = m.up("b", [])
         m.down("a")
         c = m.up("c", [])
-        assert c.ipv4 == a.ipv4 and c.ipv4 != b.ipv4
+        assert c.ipv4 == a.ipv4
+        assert c.ipv4 != b.ipv4
 
 
 def test_the_probe_sees_holes_when_the_table_is_gone(names: Names) -> None:

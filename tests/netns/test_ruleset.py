@@ -60,7 +60,8 @@ def test_egress_sets_hold_exactly_the_containers_the_policy_names() -> None:
     assert sets["eg1_if"] == {"hv-c1"}  # agent:c1
     assert sets["eg0_ports"] == {"80", "443"}
     assert sets["eg1_v4"] == {"10.0.0.0/8"}  # overlapping CIDRs collapsed
-    assert "eg1_v6" not in sets and "eg1_ports" not in sets
+    assert "eg1_v6" not in sets
+    assert "eg1_ports" not in sets
 
 
 def test_no_policy_means_no_accepting_forward_rule_except_replies() -> None:
