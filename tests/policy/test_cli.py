@@ -18,9 +18,11 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
 
 def test_check_accepts_the_shipped_policy(capsys: pytest.CaptureFixture[str]) -> None:
     code, out = run(capsys, "check")
-    assert code == 0 and "every invariant holds" in out
+    assert code == 0
+    assert "every invariant holds" in out
     code, out = run(capsys, "check", "--json")
-    assert code == 0 and json.loads(out)["ok"] is True
+    assert code == 0
+    assert json.loads(out)["ok"] is True
 
 
 def test_check_reports_each_problem_with_its_line(
@@ -32,12 +34,14 @@ def test_check_reports_each_problem_with_its_line(
     assert code == 1
     assert "policy.csv:67: grants operator-class action question.answer to role:agent" in out
     code, out = run(capsys, "check", str(tmp_path), "--json")
-    assert code == 1 and json.loads(out)["problems"][0].startswith("policy.csv:67:")
+    assert code == 1
+    assert json.loads(out)["problems"][0].startswith("policy.csv:67:")
 
 
 def test_unreadable_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out = run(capsys, "check", str(tmp_path / "missing"))
-    assert code == 2 and "not a policy directory" in out
+    assert code == 2
+    assert "not a policy directory" in out
     with pytest.raises(SystemExit) as e:
         main(["policy", "explain", "operator"])
     assert e.value.code == 2
@@ -47,27 +51,34 @@ def test_test_lists_cases_and_fails_on_a_failing_case(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out = run(capsys, "test")
-    assert code == 0 and "14 passed, 0 failed" in out
+    assert code == 0
+    assert "14 passed, 0 failed" in out
     csv = shipped_texts()["policy.csv"].replace(
         "p, role:operator, gateway, approval:*, approval.approve\n", ""
     )
     write_policy(tmp_path, texts_with({"policy.csv": csv}))
     code, out = run(capsys, "test", str(tmp_path))
-    assert code == 1 and "FAIL    tests.toml:12" in out and "13 passed, 1 failed" in out
+    assert code == 1
+    assert "FAIL    tests.toml:12" in out
+    assert "13 passed, 1 failed" in out
     code, out = run(capsys, "test", str(tmp_path), "--json")
-    assert code == 1 and json.loads(out)["failed"] == 1
+    assert code == 1
+    assert json.loads(out)["failed"] == 1
 
 
 def test_explain_allows_with_the_line_and_denies_with_the_reason(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     code, out = run(capsys, "explain", "operator", "gateway", "question:3", "question.answer")
-    assert code == 0 and out.startswith("ALLOW: allowed by policy.csv:29")
+    assert code == 0
+    assert out.startswith("ALLOW: allowed by policy.csv:29")
     code, out = run(
         capsys, "explain", "agent:a", "socket", "question:3", "question.answer", "--json"
     )
     data = json.loads(out)
-    assert code == 1 and data["decision"] == "deny" and data["rule"] is None
+    assert code == 1
+    assert data["decision"] == "deny"
+    assert data["rule"] is None
 
 
 def test_diff_exits_1_when_someone_gained_something(
@@ -78,10 +89,12 @@ def test_diff_exits_1_when_someone_gained_something(
     csv = csv.replace("p, role:operator, gateway, audit, audit.read\n", "")
     new = write_policy(tmp_path / "new", texts_with({"policy.csv": csv}))
     code, out = run(capsys, "diff", str(old), str(old))
-    assert code == 0 and "no subject gained or lost anything" in out
+    assert code == 0
+    assert "no subject gained or lost anything" in out
     # anonymous may not hold an operator action: the new version is refused
     code, out = run(capsys, "diff", str(old), str(new))
-    assert code == 1 and "operator actions are for the operator only" in out
+    assert code == 1
+    assert "operator actions are for the operator only" in out
     csv = csv.replace("p, anonymous, gateway, policy, policy.read\n", "")
     write_policy(new, texts_with({"policy.csv": csv}))
     code, out = run(capsys, "diff", str(old), str(new), "--json")
@@ -98,6 +111,8 @@ def test_matrix_prints_subjects_by_actions(capsys: pytest.CaptureFixture[str]) -
     header = out.splitlines()[0].split()
     assert header[:4] == ["action", "class", "operator", "anonymous"]
     row = next(line.split() for line in out.splitlines() if line.startswith("question.answer"))
-    assert row[2] == "G" and row[header.index("agent:*")] == "."
+    assert row[2] == "G"
+    assert row[header.index("agent:*")] == "."
     code, out = run(capsys, "matrix", "--json")
-    assert code == 0 and "agent:*" in json.loads(out)["cells"]
+    assert code == 0
+    assert "agent:*" in json.loads(out)["cells"]

@@ -17,9 +17,11 @@ RELOAD = AccessRequest("operator", "gateway", "policy", "policy.reload")
 def test_with_no_valid_policy_everything_is_denied(tmp_path: Path) -> None:
     write_policy(tmp_path, texts_with({"policy.csv": "nonsense\n"}))
     engine = PolicyEngine(tmp_path)
-    assert engine.current is None and engine.revision == "none"
+    assert engine.current is None
+    assert engine.revision == "none"
     d = engine.decide(ASK)
-    assert not d.allowed and d.revision == "none"
+    assert not d.allowed
+    assert d.revision == "none"
     assert engine.last_refusal is not None
     assert engine.last_refusal[1].startswith("policy.csv:1: unknown line type 'nonsense'")
 
@@ -35,14 +37,19 @@ def test_an_invalid_version_is_refused_and_the_last_good_stays(tmp_path: Path) -
     bad = shipped_texts()["policy.csv"] + "p, role:agent, gateway, policy, policy.reload\n"
     (tmp_path / "policy.csv").write_text(bad)
     result = engine.reload()
-    assert not result.ok and result.revision == good
-    assert result.error is not None and "agents may hold only agent-self actions" in result.error
-    assert engine.revision == good and engine.loaded_at == loaded_at
+    assert not result.ok
+    assert result.revision == good
+    assert result.error is not None
+    assert "agents may hold only agent-self actions" in result.error
+    assert engine.revision == good
+    assert engine.loaded_at == loaded_at
     assert engine.decide(ASK).allowed
-    assert engine.last_refusal is not None and engine.last_refusal[1] == result.error
+    assert engine.last_refusal is not None
+    assert engine.last_refusal[1] == result.error
     events = [json.loads(line) for line in stream.getvalue().splitlines()]
     refused = [e for e in events if e["event"] == "policy.refused"]
-    assert refused and refused[0]["live_revision"] == good
+    assert refused
+    assert refused[0]["live_revision"] == good
 
 
 def test_a_valid_version_replaces_the_live_one(tmp_path: Path) -> None:
@@ -55,9 +62,12 @@ def test_a_valid_version_replaces_the_live_one(tmp_path: Path) -> None:
     )
     (tmp_path / "policy.csv").write_text(csv)
     result = engine.reload()
-    assert result.ok and result.changed and result.revision != first
+    assert result.ok
+    assert result.changed
+    assert result.revision != first
     d = engine.decide(RELOAD)
-    assert not d.allowed and d.revision == result.revision
+    assert not d.allowed
+    assert d.revision == result.revision
     assert not engine.reload().changed
 
 
@@ -77,4 +87,5 @@ def test_a_decision_event_has_every_field(tmp_path: Path) -> None:
     }
     denied = AccessRequest("agent:alpha", "socket", "question:1", "question.answer")
     ev = decision_event(denied, engine.decide(denied), "req-2")
-    assert ev["decision"] == "deny" and ev["rule"] is None
+    assert ev["decision"] == "deny"
+    assert ev["rule"] is None

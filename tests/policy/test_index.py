@@ -19,8 +19,11 @@ def test_an_agent_reaches_its_own_state_and_not_another_agents() -> None:
     other = SHIPPED_POLICY.decide(
         req("agent:alpha", "socket", "agent:beta/state/n.md", "state.read")
     )
-    assert own.allowed and own.rule is not None and own.rule.line == 53
-    assert not other.allowed and other.rule is None
+    assert own.allowed
+    assert own.rule is not None
+    assert own.rule.line == 53
+    assert not other.allowed
+    assert other.rule is None
 
 
 def test_agents_first_seen_at_run_time_get_exactly_the_agent_role() -> None:
@@ -53,9 +56,11 @@ def test_the_decision_names_the_first_matching_line() -> None:
         + "p, role:operator, gateway, policy, policy.read\np, operator, gateway, *, policy.read\n"
     )
     d = policy.decide(req("operator", "gateway", "policy", "policy.read"))
-    assert d.rule is not None and d.rule.line == 3
+    assert d.rule is not None
+    assert d.rule.line == 3
     d = policy.decide(req("operator", "gateway", "other", "policy.read"))
-    assert d.rule is not None and d.rule.line == 4
+    assert d.rule is not None
+    assert d.rule.line == 4
 
 
 def test_an_empty_policy_denies_everything() -> None:

@@ -12,14 +12,15 @@ CAT = parse_catalogue(shipped_texts()["catalogue.toml"])[0]
 
 
 def problems(csv: str) -> list[str]:
-    grants, links, found = parse_policy_csv(csv, CAT)
+    _grants, links, found = parse_policy_csv(csv, CAT)
     return found + RoleGraph(links).problems()
 
 
 def test_the_shipped_policy_parses_cleanly_with_line_numbers() -> None:
     grants, links, found = parse_policy_csv(shipped_texts()["policy.csv"], CAT)
     assert found == []
-    assert links[0].member == "agent:*" and links[0].src.line == 10
+    assert links[0].member == "agent:*"
+    assert links[0].src.line == 10
     assert all(g.src.file == "policy.csv" for g in grants)
 
 

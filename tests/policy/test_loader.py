@@ -64,7 +64,7 @@ def test_a_network_rule_for_an_unknown_role_is_refused() -> None:
 
 
 def test_a_bad_network_section_is_refused() -> None:
-    with pytest.raises(PolicyError, match="network.toml: top level: unknown key"):
+    with pytest.raises(PolicyError, match=r"network\.toml: top level: unknown key"):
         build_policy(texts_with({"network.toml": "colour = 1\n"}))
 
 

@@ -15,7 +15,8 @@ def test_the_matrix_shows_what_roles_and_principals_hold() -> None:
     assert ("question.ask", "socket") in agent
     assert all(ch == "socket" for _, ch in agent)
     assert {a.action for a in m.cells["operator"]} >= {"question.answer", "session.login"}
-    assert m.cells["anonymous"] and all(a.channel == "gateway" for a in m.cells["anonymous"])
+    assert m.cells["anonymous"]
+    assert all(a.channel == "gateway" for a in m.cells["anonymous"])
 
 
 def test_the_diff_names_who_gained_and_who_lost() -> None:

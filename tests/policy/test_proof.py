@@ -27,7 +27,8 @@ def test_a_breach_the_invariants_would_refuse_is_caught_with_a_counterexample() 
     report = prove(policy)
     assert not report.ok
     prefix = [v for v in report.violations if v.rule and v.rule.line == 3]
-    assert prefix and all(v.request.action == "state.read" for v in prefix)
+    assert prefix
+    assert all(v.request.action == "state.read" for v in prefix)
     assert any(v.request.resource.startswith("agent:azz-other") for v in prefix)
     answer = [v for v in report.violations if v.rule and v.rule.line == 4]
     assert any("operator-class action question.answer" in v.what for v in answer)
