@@ -69,7 +69,7 @@ class RouteBinding:
     """The one catalogue action a route performs, and how to compute its resource."""
 
     action: str
-    resource: Callable[[web.Request], str]
+    resource: Callable[[web.Request], str | Awaitable[str]]
 
 
 ROUTE_BINDINGS: web.AppKey[dict[web.AbstractRoute, RouteBinding]] = web.AppKey(
@@ -126,7 +126,9 @@ def _bindings(app: web.Application) -> dict[web.AbstractRoute, RouteBinding]:
         return table
 
 
-def _resource_fn(resource: Callable[[web.Request], str] | str) -> Callable[[web.Request], str]:
+def _resource_fn(
+    resource: Callable[[web.Request], str | Awaitable[str]] | str,
+) -> Callable[[web.Request], str | Awaitable[str]]:
     if isinstance(resource, str):
         constant = resource
         return lambda _request: constant
@@ -140,14 +142,15 @@ def bind(
     handler: Handler,
     *,
     action: str,
-    resource: Callable[[web.Request], str] | str,
+    resource: Callable[[web.Request], str | Awaitable[str]] | str,
     name: str | None = None,
 ) -> web.AbstractRoute:
     """Register ``method path -> handler`` bound to one catalogue ``action``.
 
     ``resource`` is a constant or a function of the request (``match_info``,
-    :data:`PRINCIPAL`) that returns the policy resource; it may raise a
-    :class:`HiveError` (e.g. :class:`BadRequest` for a bad path parameter).
+    :data:`PRINCIPAL`) that returns the policy resource - or an awaitable of
+    it, when the resource is named in the body (``agent.register``); it may
+    raise a :class:`HiveError` (e.g. :class:`BadRequest` for a bad parameter).
     No ``HEAD`` route is added implicitly: bind it explicitly if wanted.
     """
     route = app.router.add_route(method, path, handler, name=name)
@@ -161,7 +164,7 @@ def bind_static(
     directory: Path,
     *,
     action: str,
-    resource: Callable[[web.Request], str] | str,
+    resource: Callable[[web.Request], str | Awaitable[str]] | str,
     name: str | None = None,
 ) -> web.AbstractResource:
     """Serve ``directory`` under ``prefix`` (no listings, no symlinks), every route bound."""
@@ -382,7 +385,8 @@ def authorization_middleware(
                 return resp
             return json_error(404, NotFound.code, "no such route", request_id=request_id)
         try:
-            resource = binding.resource(request)
+            computed = binding.resource(request)
+            resource = computed if isinstance(computed, str) else await computed
         except HiveError as e:
             return _hive_error_response(e, request_id)
         access = AccessRequest(principal, channel, resource, binding.action)

@@ -1,0 +1,425 @@
+"""The agent surface: JSON over the agent's own socket, under ``/v1/``.
+
+Built only from ``agent-self`` actions (``check_routes(..., channel="socket")``
+refuses anything else at start-up), and every handler acts on the requesting
+agent's own rows and files only: the agent's name comes from the principal the
+transport established, never from the request, and every lookup by id is
+scoped to that agent (another agent's question id is simply "not found").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from enforcer import authz
+from enforcer.bodies import Field, Schema, parse_body, parse_query
+from enforcer.confined import (
+    open_dir_confined,
+    open_root_dir,
+    read_confined,
+    split_rel_path,
+    write_confined,
+)
+from enforcer.corestate import CORE, CoreState
+from enforcer.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
+from enforcer.openapi import ApiRoute
+from enforcer.transport import agent_principal
+
+__all__ = [
+    "ROUTES",
+    "TITLE",
+    "create_agent_app",
+    "list_state",
+    "parse_id",
+    "read_state",
+    "write_state",
+]
+
+TITLE = "hive-boundary agent API"
+ID_PATTERN = r"[0-9]{1,12}"
+_ID = re.compile(ID_PATTERN)
+MAX_LISTED = 1000
+
+
+def parse_id(text: str, what: str) -> int:
+    """A positive decimal id (at most 12 digits), else :class:`BadRequest`."""
+    if _ID.fullmatch(text) is None:
+        raise BadRequest(f"bad {what} id")
+    return int(text)
+
+
+@contextlib.contextmanager
+def _closing(fd: int) -> Iterator[int]:
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _me(request: web.Request) -> str:
+    principal = request[authz.PRINCIPAL]
+    if not principal.startswith("agent:"):
+        raise Forbidden("not an agent principal")
+    return principal[len("agent:") :]
+
+
+def _core(request: web.Request) -> CoreState:
+    return request.app[CORE]
+
+
+def _rel_path(request: web.Request) -> str:
+    rel = request.match_info.get("path", "")
+    split_rel_path(rel)
+    return rel
+
+
+# --- state files (confined beneath STATE/agents/<name>/state/) ------------------
+
+
+def read_state(state_dir: Path, rel: str, max_bytes: int) -> bytes:
+    """Read ``rel`` confined beneath ``state_dir`` (no symlinks, no escape)."""
+    split_rel_path(rel)
+    with _closing(open_root_dir(state_dir)) as root:
+        return read_confined(root, rel, max_bytes)
+
+
+def write_state(state_dir: Path, rel: str, data: bytes, max_bytes: int) -> None:
+    """Atomically write ``rel`` beneath ``state_dir`` (parents made, symlinks refused)."""
+    split_rel_path(rel)
+    with _closing(open_root_dir(state_dir)) as root:
+        write_confined(root, rel, data, max_bytes=max_bytes, make_parents=True, mode=0o600)
+
+
+def list_state(state_dir: Path) -> list[dict[str, Any]]:
+    """Regular files beneath ``state_dir`` (path, size, mtime); symlinks are not followed."""
+    out: list[dict[str, Any]] = []
+    try:
+        root = open_root_dir(state_dir)
+    except NotFound:
+        return out
+
+    def walk(fd: int, prefix: tuple[str, ...]) -> None:
+        for name in sorted(os.listdir(fd)):
+            if len(out) >= MAX_LISTED:
+                return
+            if name.startswith(".") and name.endswith(".tmp"):
+                continue  # an atomic write in flight
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                out.append(
+                    {"path": "/".join((*prefix, name)), "size": st.st_size, "mtime": st.st_mtime}
+                )
+            elif stat.S_ISDIR(st.st_mode) and len(prefix) < 16:
+                with (
+                    contextlib.suppress(Exception),
+                    _closing(open_dir_confined(fd, (name,))) as sub,
+                ):
+                    walk(sub, (*prefix, name))
+
+    with _closing(root):
+        walk(root, ())
+    return out
+
+
+def _state_dir(core: CoreState, name: str) -> Path:
+    return core.config.agent_dir(name) / "state"
+
+
+# --- handlers ---------------------------------------------------------------------
+
+_WAIT = Schema({"wait": Field("number", required=False, minimum=0, maximum=3600)})
+
+
+async def _json(request: web.Request, schema: Schema) -> dict[str, Any]:
+    core = _core(request)
+    raw = await request.read()
+    return parse_body(raw, schema, max_bytes=core.config.core.max_body_bytes)
+
+
+def _wait_seconds(request: web.Request) -> float:
+    query = parse_query(request.query, _WAIT)
+    wait = float(query.get("wait", 0.0))
+    return min(wait, _core(request).config.core.long_poll_max_seconds)
+
+
+async def whoami(request: web.Request) -> web.Response:
+    """Which agent this socket speaks for."""
+    me = _me(request)
+    core = _core(request)
+    record = core.db.agent(me)
+    return web.json_response({"agent": me, "principal": f"agent:{me}", "uid": record.uid})
+
+
+_ASK = Schema(
+    {
+        "text": Field("str", min_len=1, max_len=4000, description="the question"),
+        "options": Field("str_list", required=False, max_len=200, max_items=16),
+    }
+)
+
+
+async def ask(request: web.Request) -> web.Response:
+    """Ask the operator a question; 201 with the question (status ``open``)."""
+    me = _me(request)
+    body = await _json(request, _ASK)
+    core = _core(request)
+    record = core.db.ask(me, body["text"], tuple(body.get("options", ())))
+    core.events.publish("question.asked", agent=me, id=record.id)
+    return web.json_response(record.to_json(), status=201)
+
+
+async def _poll(request: web.Request, fetch: Any, done: Any) -> web.Response:
+    core = _core(request)
+    deadline = time.monotonic() + _wait_seconds(request)
+    while True:
+        record = fetch()
+        remaining = deadline - time.monotonic()
+        if done(record) or remaining <= 0 or core.events.closed:
+            return web.json_response(record.to_json())
+        await core.events.wait(remaining)
+
+
+async def wait_question(request: web.Request) -> web.Response:
+    """The agent's own question; with ``?wait=S``, wait up to S seconds for the answer."""
+    me = _me(request)
+    qid = parse_id(request.match_info["id"], "question")
+    store = _core(request).db
+    return await _poll(
+        request, lambda: store.question(qid, agent=me), lambda r: r.answer is not None
+    )
+
+
+_APPROVAL = Schema(
+    {
+        "action": Field("str", min_len=1, max_len=200, description="what the agent wants to do"),
+        "detail": Field("str", required=False, max_len=4000),
+    }
+)
+
+
+async def request_approval(request: web.Request) -> web.Response:
+    """Ask the operator to approve something; 201 with the request (status ``pending``)."""
+    me = _me(request)
+    body = await _json(request, _APPROVAL)
+    core = _core(request)
+    record = core.db.request_approval(me, body["action"], body.get("detail", ""))
+    core.events.publish("approval.requested", agent=me, id=record.id)
+    return web.json_response(record.to_json(), status=201)
+
+
+async def wait_approval(request: web.Request) -> web.Response:
+    """The agent's own approval request; with ``?wait=S``, wait for the decision."""
+    me = _me(request)
+    aid = parse_id(request.match_info["id"], "approval")
+    store = _core(request).db
+    return await _poll(
+        request, lambda: store.approval(aid, agent=me), lambda r: r.decision is not None
+    )
+
+
+_MESSAGE = Schema({"text": Field("str", min_len=1, max_len=8000)})
+
+
+async def send_message(request: web.Request) -> web.Response:
+    """Send the operator a message; 201."""
+    me = _me(request)
+    body = await _json(request, _MESSAGE)
+    core = _core(request)
+    record = core.db.add_message(me, body["text"])
+    core.events.publish("message", agent=me, id=record.id)
+    return web.json_response(record.to_json(), status=201)
+
+
+_STATUS = Schema(
+    {
+        "state": Field("str", min_len=1, max_len=64, pattern=r"[a-z][a-z0-9_.-]*"),
+        "detail": Field("str", required=False, max_len=2000),
+    }
+)
+
+
+async def report_status(request: web.Request) -> web.Response:
+    """Report one's own status (``state`` word + optional detail)."""
+    me = _me(request)
+    body = await _json(request, _STATUS)
+    core = _core(request)
+    record = core.db.set_status(me, body["state"], body.get("detail", ""))
+    core.events.publish("status", agent=me, status=record.status)
+    return web.json_response({"agent": me, "status": record.status, "detail": record.status_detail})
+
+
+async def state_list(request: web.Request) -> web.Response:
+    """Every file under one's own ``state/``."""
+    me = _me(request)
+    files = await asyncio.to_thread(list_state, _state_dir(_core(request), me))
+    return web.json_response({"files": files})
+
+
+async def state_read(request: web.Request) -> web.Response:
+    """One file of one's own ``state/`` (bytes)."""
+    me = _me(request)
+    core = _core(request)
+    rel = _rel_path(request)
+    data = read_state(_state_dir(core, me), rel, core.config.core.max_state_file_bytes)
+    return web.Response(body=data, content_type="application/octet-stream")
+
+
+async def state_write(request: web.Request) -> web.Response:
+    """Replace one file of one's own ``state/`` with the request body (atomic)."""
+    me = _me(request)
+    core = _core(request)
+    rel = _rel_path(request)
+    limit = core.config.core.max_state_file_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"state files are limited to {limit} bytes")
+    data = await request.read()
+    write_state(_state_dir(core, me), rel, data, limit)
+    core.db.log(me, "state.written", path=rel, size=len(data))
+    core.events.publish("state.written", agent=me, path=rel)
+    return web.json_response({"path": rel, "size": len(data)})
+
+
+def _res(suffix: str = "") -> Any:
+    def resource(request: web.Request) -> str:
+        return f"agent:{_me(request)}{suffix}"
+
+    return resource
+
+
+def _res_id(kind: str) -> Any:
+    def resource(request: web.Request) -> str:
+        return f"agent:{_me(request)}/{kind}/{parse_id(request.match_info['id'], kind[:-1])}"
+
+    return resource
+
+
+def _res_state(request: web.Request) -> str:
+    return f"agent:{_me(request)}/state/{_rel_path(request)}"
+
+
+_ID_PARAM = {"id": ID_PATTERN}
+_PATH_PARAM = {"path": r"[^/\x00]+(/[^/\x00]+)*"}
+
+ROUTES: tuple[ApiRoute, ...] = (
+    ApiRoute("GET", "/v1/whoami", "agent.whoami", _res(), whoami, "Which agent am I"),
+    ApiRoute(
+        "POST",
+        "/v1/questions",
+        "question.ask",
+        _res("/questions"),
+        ask,
+        "Ask the operator a question",
+        body=_ASK,
+        ok_status=201,
+    ),
+    ApiRoute(
+        "GET",
+        "/v1/questions/{id}",
+        "question.wait",
+        _res_id("questions"),
+        wait_question,
+        "Read (and wait for) the answer to one's own question",
+        query=_WAIT,
+        path_params=_ID_PARAM,
+    ),
+    ApiRoute(
+        "POST",
+        "/v1/approvals",
+        "approval.request",
+        _res("/approvals"),
+        request_approval,
+        "Request the operator's approval",
+        body=_APPROVAL,
+        ok_status=201,
+    ),
+    ApiRoute(
+        "GET",
+        "/v1/approvals/{id}",
+        "approval.wait",
+        _res_id("approvals"),
+        wait_approval,
+        "Read (and wait for) the decision on one's own approval request",
+        query=_WAIT,
+        path_params=_ID_PARAM,
+    ),
+    ApiRoute(
+        "POST",
+        "/v1/messages",
+        "message.send",
+        _res("/messages"),
+        send_message,
+        "Send the operator a message",
+        body=_MESSAGE,
+        ok_status=201,
+    ),
+    ApiRoute(
+        "POST",
+        "/v1/status",
+        "status.report",
+        _res("/status"),
+        report_status,
+        "Report one's own status",
+        body=_STATUS,
+    ),
+    ApiRoute("GET", "/v1/state", "state.list", _res("/state/"), state_list, "List own state"),
+    ApiRoute(
+        "GET",
+        "/v1/state/{path:.+}",
+        "state.read",
+        _res_state,
+        state_read,
+        "Read a file of one's own state/",
+        ok_type="application/octet-stream",
+        path_params=_PATH_PARAM,
+    ),
+    ApiRoute(
+        "PUT",
+        "/v1/state/{path:.+}",
+        "state.write",
+        _res_state,
+        state_write,
+        "Write a file of one's own state/",
+        raw_body=True,
+        path_params=_PATH_PARAM,
+    ),
+)
+
+
+def create_agent_app(core: CoreState) -> web.Application:
+    """The agent surface (one application serving every agent socket)."""
+    limits = core.config.core
+    app = web.Application(
+        client_max_size=max(limits.max_body_bytes, limits.max_state_file_bytes) + 1024,
+        middlewares=[
+            authz.error_middleware,
+            authz.authorization_middleware(
+                engine=core.engine,
+                channel="socket",
+                principal_of=agent_principal(core.registry),
+                on_decision=core.record_decision,
+            ),
+        ],
+    )
+    app[CORE] = core
+    for route in ROUTES:
+        handler = route.handler
+        if core.instrument is not None:
+            handler = core.instrument(route.action, handler)
+        authz.bind(
+            app, route.method, route.path, handler, action=route.action, resource=route.resource
+        )
+    app.on_startup.append(authz.startup_check(engine=core.engine, channel="socket"))
+    return app

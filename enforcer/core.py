@@ -1,0 +1,163 @@
+"""The core daemon: the operator surface on ``core.sock`` and one socket per agent.
+
+:func:`create_app` returns the operator application (channel ``gateway``). Its
+``cleanup_ctx`` opens the store and the event hub, then starts the agent
+surface (:mod:`enforcer.agent_api`, channel ``socket``) on its own runner with
+one ``SockSite`` per registered agent, so that::
+
+    web.run_app(create_app(config), path=str(config.core_socket))
+
+serves everything. Both applications check their route tables against the
+catalogue at start-up (an unbound route is a start-up error) and are frozen
+once started. :func:`run` is the ``hive-boundary core`` entry point: it binds
+``core.sock`` (mode 0660) itself and serves until SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from enforcer import agent_api, authz, operator_api
+from enforcer.config import HiveConfig
+from enforcer.corestate import CORE, CoreState, EventHub, Instrument
+from enforcer.lifecycle import LifecycleBackend, LocalProcessBackend
+from enforcer.log import get_logger
+from enforcer.policy import PolicyEngine
+from enforcer.store import Store
+from enforcer.transport import (
+    AgentSites,
+    LocalSocketProvider,
+    SocketProvider,
+    bind_unix_socket,
+    core_principal,
+)
+
+__all__ = ["create_app", "run", "serve"]
+
+
+def create_app(
+    config: HiveConfig,
+    *,
+    engine: PolicyEngine | None = None,
+    backend: LifecycleBackend | None = None,
+    provider: SocketProvider | None = None,
+    instrument: Instrument | None = None,
+) -> web.Application:
+    """The core's operator application; starting it also starts every agent socket.
+
+    ``backend`` defaults to :class:`LocalProcessBackend`, ``provider`` to
+    :class:`LocalSocketProvider`; ``instrument`` wraps every handler of both
+    surfaces with its action name (metrics, and tests that count calls).
+    """
+    core = CoreState(
+        config=config,
+        engine=engine or PolicyEngine(config.policy_dir),
+        backend=backend or LocalProcessBackend(config),
+        provider=provider or LocalSocketProvider(),
+        instrument=instrument,
+    )
+    app = web.Application(
+        client_max_size=config.core.max_body_bytes,
+        middlewares=[
+            authz.error_middleware,
+            authz.authorization_middleware(
+                engine=core.engine,
+                channel="gateway",
+                principal_of=core_principal(config.resolved_gateway_uid()),
+                on_decision=core.record_decision,
+            ),
+        ],
+    )
+    app[CORE] = core
+    for route in operator_api.ROUTES:
+        handler = route.handler
+        if instrument is not None:
+            handler = instrument(route.action, handler)
+        authz.bind(
+            app, route.method, route.path, handler, action=route.action, resource=route.resource
+        )
+    app.on_startup.append(authz.startup_check(engine=core.engine, channel="gateway"))
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_agent_sockets_ctx)
+    return app
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    core = app[CORE]
+    core.store = await asyncio.to_thread(Store, core.config.database)
+    core.hub = EventHub()
+    try:
+        yield
+    finally:
+        core.hub.close()
+        core.store.close()
+
+
+async def _agent_sockets_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Serve the agent surface: one runner, one site per registered agent."""
+    core = app[CORE]
+    log = get_logger("enforcer.core")
+    agent_app = agent_api.create_agent_app(core)
+    # Shutdown waits for in-flight long polls only briefly: they are read-only.
+    runner = web.AppRunner(agent_app, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()  # runs check_routes(channel="socket") and freezes the app
+    core.agent_app = agent_app
+    core.config.agent_socket_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+    core.sites = AgentSites(runner, core.registry, core.provider, core.config.agent_socket)
+    try:
+        for agent in core.db.agents():
+            try:
+                await core.backend.create(agent)
+                await core.sites.add(agent.name, agent.uid)
+            except Exception as e:  # one broken agent must not keep the others down
+                log.error("agent.socket_failed", agent=agent.name, error=str(e))
+        yield
+    finally:
+        await core.sites.close()
+        await runner.cleanup()
+        await core.backend.close()
+
+
+async def serve(config: HiveConfig, app: web.Application | None = None) -> web.AppRunner:
+    """Start the core on ``config.core_socket`` (0660); returns the runner to clean up."""
+    app = app or create_app(config)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0)
+    await runner.setup()
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        sock = bind_unix_socket(config.core_socket, mode=0o660, uid=None)
+        await web.SockSite(runner, sock).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+def run(config: HiveConfig) -> int:
+    """``hive-boundary core``: serve until SIGINT/SIGTERM; exit code."""
+    log = get_logger("enforcer.core")
+
+    async def main() -> None:
+        runner = await serve(config)
+        log.info("core.started", socket=str(config.core_socket), pid=os.getpid())
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in ("SIGINT", "SIGTERM"):
+            import signal
+
+            loop.add_signal_handler(getattr(signal, sig), stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+            with contextlib.suppress(FileNotFoundError):
+                config.core_socket.unlink()
+            log.info("core.stopped")
+
+    asyncio.run(main())
+    return 0

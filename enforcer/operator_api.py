@@ -1,0 +1,521 @@
+"""The operator surface: JSON over ``core.sock`` under ``/api/``, reached only via the gateway.
+
+Every route is an operator-class action (plus the public health check); the
+principal is ``operator`` only for the gateway's uid with its marker
+(:func:`enforcer.transport.core_principal`), and the policy decides the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import time
+from typing import Any
+
+from aiohttp import web
+
+from enforcer.agent_api import ID_PATTERN, list_state, parse_id, read_state
+from enforcer.bodies import Field, Schema, parse_body, parse_query
+from enforcer.confined import split_rel_path
+from enforcer.corestate import CORE, CoreState
+from enforcer.errors import BadRequest, NotFound, Unavailable
+from enforcer.openapi import ApiRoute
+from enforcer.store import AgentRecord
+
+__all__ = ["AGENT_NAME", "ROUTES", "TITLE", "parse_agent_name", "register_agent"]
+
+TITLE = "hive-boundary operator API"
+AGENT_NAME = r"[a-z][a-z0-9-]{0,30}"
+_NAME = re.compile(AGENT_NAME)
+
+
+def parse_agent_name(text: str) -> str:
+    """An agent name (``[a-z][a-z0-9-]{0,30}``), else :class:`BadRequest`."""
+    if _NAME.fullmatch(text) is None:
+        raise BadRequest("bad agent name (expected [a-z][a-z0-9-]{0,30})")
+    return text
+
+
+def _core(request: web.Request) -> CoreState:
+    return request.app[CORE]
+
+
+def _name(request: web.Request) -> str:
+    return parse_agent_name(request.match_info["name"])
+
+
+async def _json(request: web.Request, schema: Schema) -> dict[str, Any]:
+    raw = await request.read()
+    return parse_body(raw, schema, max_bytes=_core(request).config.core.max_body_bytes)
+
+
+def _query(request: web.Request, schema: Schema) -> dict[str, Any]:
+    return parse_query(request.query, schema)
+
+
+def _agent_json(core: CoreState, record: AgentRecord) -> dict[str, Any]:
+    out = record.to_json()
+    out["running"] = core.backend.status(record.name)
+    out["socket"] = str(core.config.agent_socket(record.name))
+    return out
+
+
+# --- agents -------------------------------------------------------------------------
+
+
+async def health(request: web.Request) -> web.Response:
+    """Liveness and the live policy revision."""
+    return web.json_response({"ok": True, "revision": _core(request).engine.revision})
+
+
+async def list_agents(request: web.Request) -> web.Response:
+    """Every agent with its status."""
+    core = _core(request)
+    return web.json_response({"agents": [_agent_json(core, a) for a in core.db.agents()]})
+
+
+_REGISTER = Schema(
+    {
+        "name": Field("str", pattern=AGENT_NAME, max_len=31, description="agent name"),
+        "uid": Field("int", minimum=0, maximum=2**31 - 2, description="the agent's uid"),
+        "command": Field(
+            "str_list", required=False, max_items=64, max_len=4096, description="argv to run"
+        ),
+    }
+)
+
+
+async def _register_resource(request: web.Request) -> str:
+    # The resource (agent:<name>) is named in the body: parse it strictly here
+    # so a malformed body is refused before the decision, not after.
+    body = await _json(request, _REGISTER)
+    return f"agent:{body['name']}"
+
+
+async def register_agent(core: CoreState, name: str, uid: int, command: tuple[str, ...]) -> None:
+    """Record the agent, prepare its directories, open its socket (rolls back on failure)."""
+    record = core.db.add_agent(name, uid, command)
+    try:
+        await core.backend.create(record)
+        await core.agent_sites.add(name, uid)
+    except Exception as e:
+        core.db.remove_agent(name)
+        raise Unavailable(f"cannot create agent {name!r}: {e}") from e
+    core.events.publish("agent.registered", agent=name)
+
+
+async def register(request: web.Request) -> web.Response:
+    """Register an agent: a row, its directories and its socket, without restart."""
+    body = await _json(request, _REGISTER)
+    core = _core(request)
+    await register_agent(core, body["name"], body["uid"], tuple(body.get("command", ())))
+    return web.json_response(_agent_json(core, core.db.agent(body["name"])), status=201)
+
+
+async def agent_details(request: web.Request) -> web.Response:
+    """An agent's details: status, open questions/approvals, recent messages."""
+    core = _core(request)
+    name = _name(request)
+    record = core.db.agent(name)
+    out = _agent_json(core, record)
+    out["questions"] = [q.to_json() for q in core.db.questions(status="open", agent=name)]
+    out["approvals"] = [a.to_json() for a in core.db.approvals(status="pending", agent=name)]
+    out["messages"] = [m.to_json() for m in core.db.messages(name, limit=50)]
+    return web.json_response(out)
+
+
+_JOURNAL = Schema(
+    {
+        "limit": Field("int", required=False, minimum=1, maximum=1000),
+        "before": Field("int", required=False, minimum=1, maximum=2**62),
+    }
+)
+
+
+async def agent_journal(request: web.Request) -> web.Response:
+    """An agent's journal, newest first."""
+    core = _core(request)
+    name = _name(request)
+    core.db.agent(name)
+    query = _query(request, _JOURNAL)
+    entries = core.db.journal(name, limit=query.get("limit", 100), before=query.get("before"))
+    return web.json_response({"agent": name, "entries": [e.to_json() for e in entries]})
+
+
+async def agent_config(request: web.Request) -> web.Response:
+    """An agent's configuration (uid, command, socket, directories)."""
+    core = _core(request)
+    name = _name(request)
+    record = core.db.agent(name)
+    return web.json_response(
+        {
+            "name": record.name,
+            "uid": record.uid,
+            "command": list(record.command),
+            "created_at": record.created_at,
+            "socket": str(core.config.agent_socket(name)),
+            "state_dir": str(core.config.agent_dir(name) / "state"),
+        }
+    )
+
+
+async def agent_state_list(request: web.Request) -> web.Response:
+    """The files of an agent's ``state/``."""
+    core = _core(request)
+    name = _name(request)
+    core.db.agent(name)
+    files = await asyncio.to_thread(list_state, core.config.agent_dir(name) / "state")
+    return web.json_response({"agent": name, "files": files})
+
+
+async def agent_state_read(request: web.Request) -> web.Response:
+    """One file of an agent's ``state/`` (confined; bytes)."""
+    core = _core(request)
+    name = _name(request)
+    core.db.agent(name)
+    rel = request.match_info["path"]
+    data = read_state(
+        core.config.agent_dir(name) / "state", rel, core.config.core.max_state_file_bytes
+    )
+    return web.Response(body=data, content_type="application/octet-stream")
+
+
+def _lifecycle(verb: str) -> Any:
+    async def handler(request: web.Request) -> web.Response:
+        core = _core(request)
+        name = _name(request)
+        record = core.db.agent(name)
+        if verb == "destroy":
+            # The socket goes first: from here on the agent can change nothing.
+            with contextlib.suppress(NotFound):
+                await core.agent_sites.remove(name)
+            await core.backend.destroy(record)
+            core.db.remove_agent(name)
+            core.events.publish("agent.destroyed", agent=name)
+            return web.json_response({"agent": name, "destroyed": True})
+        await getattr(core.backend, verb)(record)
+        core.db.log(name, f"container.{verb}", by="operator")
+        core.events.publish(f"container.{verb}", agent=name)
+        return web.json_response(_agent_json(core, core.db.agent(name)))
+
+    handler.__name__ = f"container_{verb}"
+    handler.__doc__ = f"{verb.capitalize()} an agent through the lifecycle backend."
+    return handler
+
+
+# --- questions and approvals ------------------------------------------------------------
+
+_QUESTIONS = Schema(
+    {
+        "status": Field("str", required=False, enum=("open", "answered", "all")),
+        "agent": Field("str", required=False, pattern=AGENT_NAME, max_len=31),
+    }
+)
+
+
+async def list_questions(request: web.Request) -> web.Response:
+    """Questions (``?status=open|answered|all``, ``?agent=``)."""
+    query = _query(request, _QUESTIONS)
+    records = _core(request).db.questions(
+        status=query.get("status", "all"), agent=query.get("agent")
+    )
+    return web.json_response({"questions": [q.to_json() for q in records]})
+
+
+_ANSWER = Schema({"answer": Field("str", min_len=1, max_len=8000)})
+
+
+async def answer_question(request: web.Request) -> web.Response:
+    """Answer an open question (409 if already answered)."""
+    qid = parse_id(request.match_info["id"], "question")
+    body = await _json(request, _ANSWER)
+    core = _core(request)
+    record = core.db.answer(qid, body["answer"])
+    core.events.publish("question.answered", agent=record.agent, id=qid)
+    return web.json_response(record.to_json())
+
+
+_APPROVALS = Schema(
+    {
+        "status": Field("str", required=False, enum=("pending", "approved", "denied", "all")),
+        "agent": Field("str", required=False, pattern=AGENT_NAME, max_len=31),
+    }
+)
+
+
+async def list_approvals(request: web.Request) -> web.Response:
+    """Approval requests (``?status=pending|approved|denied|all``, ``?agent=``)."""
+    query = _query(request, _APPROVALS)
+    records = _core(request).db.approvals(
+        status=query.get("status", "all"), agent=query.get("agent")
+    )
+    return web.json_response({"approvals": [a.to_json() for a in records]})
+
+
+_DECIDE = Schema({"reason": Field("str", required=False, max_len=2000)})
+
+
+def _decide(decision: str) -> Any:
+    async def handler(request: web.Request) -> web.Response:
+        aid = parse_id(request.match_info["id"], "approval")
+        body = await _json(request, _DECIDE)
+        core = _core(request)
+        record = core.db.decide(aid, decision, body.get("reason"))
+        core.events.publish(f"approval.{decision}", agent=record.agent, id=aid)
+        return web.json_response(record.to_json())
+
+    handler.__name__ = f"approval_{decision}"
+    return handler
+
+
+# --- policy, audit, events -----------------------------------------------------------
+
+
+async def policy_read(request: web.Request) -> web.Response:
+    """The live policy: revision, when it was loaded, the last refused reload."""
+    engine = _core(request).engine
+    refusal = engine.last_refusal
+    return web.json_response(
+        {
+            "revision": engine.revision,
+            "loaded_at": engine.loaded_at,
+            "directory": str(engine.directory),
+            "last_refusal": None if refusal is None else {"at": refusal[0], "reason": refusal[1]},
+        }
+    )
+
+
+async def policy_reload(request: web.Request) -> web.Response:
+    """Reload the policy from disk (keeps the last good one if the new one is invalid)."""
+    core = _core(request)
+    result = core.engine.reload()
+    core.events.publish("policy.reloaded", ok=result.ok, revision=result.revision)
+    return web.json_response(
+        {"ok": result.ok, "revision": result.revision, "error": result.error},
+        status=200 if result.ok else 409,
+    )
+
+
+_DECISIONS = Schema({"limit": Field("int", required=False, minimum=1, maximum=1000)})
+
+
+async def audit_decisions(request: web.Request) -> web.Response:
+    """The newest policy decisions (both surfaces), newest last."""
+    limit = _query(request, _DECISIONS).get("limit", 100)
+    ring = list(_core(request).decisions)
+    return web.json_response({"decisions": ring[-limit:]})
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: one ``data:`` JSON line per change, a comment every 15 s."""
+    core = _core(request)
+    queue = core.events.subscribe()
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+    )
+    try:
+        await resp.prepare(request)
+        await resp.write(b": hive-boundary events\n\n")
+        while True:
+            try:
+                event = await asyncio.wait_for(queue.get(), 15.0)
+            except TimeoutError:
+                await resp.write(f": keepalive {time.time():.0f}\n\n".encode())
+                continue
+            if event is None:
+                break
+            payload = json.dumps(event, sort_keys=True)
+            await resp.write(
+                f"id: {event['seq']}\nevent: {event['kind']}\ndata: {payload}\n\n".encode()
+            )
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        core.events.unsubscribe(queue)
+    return resp
+
+
+# --- route table -----------------------------------------------------------------------
+
+
+def _agent_res(suffix: str = "") -> Any:
+    def resource(request: web.Request) -> str:
+        return f"agent:{_name(request)}{suffix}"
+
+    return resource
+
+
+def _state_res(request: web.Request) -> str:
+    rel = request.match_info.get("path", "")
+    split_rel_path(rel)
+    return f"agent:{_name(request)}/state/{rel}"
+
+
+def _id_res(kind: str) -> Any:
+    def resource(request: web.Request) -> str:
+        return f"{kind}:{parse_id(request.match_info['id'], kind)}"
+
+    return resource
+
+
+_N = {"name": AGENT_NAME}
+_NI = {"id": ID_PATTERN}
+_NP = {"name": AGENT_NAME, "path": r"[^/\x00]+(/[^/\x00]+)*"}
+_CONFLICT = {409: "conflicts with the current state"}
+
+ROUTES: tuple[ApiRoute, ...] = (
+    ApiRoute("GET", "/api/health", "health.read", "health", health, "Liveness"),
+    ApiRoute("GET", "/api/agents", "agent.list", "agents", list_agents, "List agents"),
+    ApiRoute(
+        "POST",
+        "/api/agents",
+        "agent.register",
+        _register_resource,
+        register,
+        "Register an agent (opens its socket)",
+        body=_REGISTER,
+        ok_status=201,
+        responses={**_CONFLICT, 503: "could not create it"},
+    ),
+    ApiRoute(
+        "GET",
+        "/api/agents/{name}",
+        "agent.read",
+        _agent_res(),
+        agent_details,
+        "An agent's details",
+        path_params=_N,
+    ),
+    ApiRoute(
+        "GET",
+        "/api/agents/{name}/journal",
+        "agent.journal.read",
+        _agent_res("/journal"),
+        agent_journal,
+        "An agent's journal",
+        query=_JOURNAL,
+        path_params=_N,
+    ),
+    ApiRoute(
+        "GET",
+        "/api/agents/{name}/config",
+        "agent.config.read",
+        _agent_res("/config"),
+        agent_config,
+        "An agent's configuration",
+        path_params=_N,
+    ),
+    ApiRoute(
+        "GET",
+        "/api/agents/{name}/state",
+        "agent.state.read",
+        _agent_res("/state/"),
+        agent_state_list,
+        "List an agent's state files",
+        path_params=_N,
+    ),
+    ApiRoute(
+        "GET",
+        "/api/agents/{name}/state/{path:.+}",
+        "agent.state.read",
+        _state_res,
+        agent_state_read,
+        "Read an agent's state file",
+        ok_type="application/octet-stream",
+        path_params=_NP,
+    ),
+    *(
+        ApiRoute(
+            "POST",
+            f"/api/agents/{{name}}/{verb}",
+            f"container.{verb}",
+            _agent_res("/container"),
+            _lifecycle(verb),
+            f"{verb.capitalize()} an agent",
+            path_params=_N,
+            responses={**_CONFLICT, 503: "the lifecycle backend failed"},
+        )
+        for verb in ("start", "stop", "restart", "destroy")
+    ),
+    ApiRoute(
+        "GET",
+        "/api/questions",
+        "question.list",
+        "questions",
+        list_questions,
+        "List questions",
+        query=_QUESTIONS,
+    ),
+    ApiRoute(
+        "POST",
+        "/api/questions/{id}/answer",
+        "question.answer",
+        _id_res("question"),
+        answer_question,
+        "Answer a question",
+        body=_ANSWER,
+        path_params=_NI,
+        responses=_CONFLICT,
+    ),
+    ApiRoute(
+        "GET",
+        "/api/approvals",
+        "approval.list",
+        "approvals",
+        list_approvals,
+        "List approval requests",
+        query=_APPROVALS,
+    ),
+    ApiRoute(
+        "POST",
+        "/api/approvals/{id}/approve",
+        "approval.approve",
+        _id_res("approval"),
+        _decide("approved"),
+        "Approve a pending request",
+        body=_DECIDE,
+        path_params=_NI,
+        responses=_CONFLICT,
+    ),
+    ApiRoute(
+        "POST",
+        "/api/approvals/{id}/deny",
+        "approval.deny",
+        _id_res("approval"),
+        _decide("denied"),
+        "Deny a pending request",
+        body=_DECIDE,
+        path_params=_NI,
+        responses=_CONFLICT,
+    ),
+    ApiRoute("GET", "/api/policy", "policy.read", "policy", policy_read, "The live policy"),
+    ApiRoute(
+        "POST",
+        "/api/policy/reload",
+        "policy.reload",
+        "policy",
+        policy_reload,
+        "Reload the policy",
+        responses={409: "the new policy is invalid; the last good one stays"},
+    ),
+    ApiRoute(
+        "GET",
+        "/api/audit/decisions",
+        "audit.read",
+        "audit",
+        audit_decisions,
+        "Recent policy decisions",
+        query=_DECISIONS,
+    ),
+    ApiRoute(
+        "GET",
+        "/api/events",
+        "events.read",
+        "events",
+        events,
+        "Live changes (server-sent events)",
+        ok_type="text/event-stream",
+    ),
+)

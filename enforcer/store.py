@@ -1,0 +1,438 @@
+"""The core's SQLite store: agents, questions (with answers), approvals, messages,
+status and the per-agent journal.
+
+Durability: WAL with ``synchronous=FULL`` - every committed transaction is
+fsynced to the WAL before ``commit()`` returns, and the core commits before it
+replies 2xx, so an acknowledged write survives SIGKILL or power loss. Every
+write is one transaction: a crash leaves it whole or absent, never half.
+
+All methods are synchronous and fast (one connection, small indexed rows); the
+core calls them on its event loop so that the commit happens-before the reply.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from enforcer.errors import Conflict, NotFound
+
+__all__ = [
+    "AgentRecord",
+    "ApprovalRecord",
+    "JournalEntry",
+    "MessageRecord",
+    "QuestionRecord",
+    "Store",
+]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS agents (
+    name TEXT PRIMARY KEY,
+    uid INTEGER NOT NULL,
+    command TEXT NOT NULL,          -- JSON list of argv strings
+    created_at REAL NOT NULL,
+    status TEXT NOT NULL DEFAULT '',
+    status_detail TEXT NOT NULL DEFAULT '',
+    status_at REAL
+);
+CREATE TABLE IF NOT EXISTS questions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    agent TEXT NOT NULL,
+    text TEXT NOT NULL,
+    options TEXT NOT NULL,          -- JSON list of strings
+    created_at REAL NOT NULL,
+    answer TEXT,
+    answered_at REAL
+);
+CREATE INDEX IF NOT EXISTS questions_agent ON questions(agent);
+CREATE TABLE IF NOT EXISTS approvals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    agent TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    decision TEXT,                  -- NULL (pending), 'approved', 'denied'
+    reason TEXT,
+    decided_at REAL
+);
+CREATE INDEX IF NOT EXISTS approvals_agent ON approvals(agent);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    agent TEXT NOT NULL,
+    text TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_agent ON messages(agent);
+CREATE TABLE IF NOT EXISTS journal (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    agent TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL,           -- JSON object
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS journal_agent ON journal(agent, id);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    """A registered agent."""
+
+    name: str
+    uid: int
+    command: tuple[str, ...]
+    created_at: float
+    status: str
+    status_detail: str
+    status_at: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        out = asdict(self)
+        out["command"] = list(self.command)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class QuestionRecord:
+    """An agent's question and, once given, the operator's answer."""
+
+    id: int
+    agent: str
+    text: str
+    options: tuple[str, ...]
+    created_at: float
+    answer: str | None
+    answered_at: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        out = asdict(self)
+        out["options"] = list(self.options)
+        out["status"] = "open" if self.answer is None else "answered"
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRecord:
+    """An agent's approval request and, once taken, the operator's decision."""
+
+    id: int
+    agent: str
+    action: str
+    detail: str
+    created_at: float
+    decision: str | None
+    reason: str | None
+    decided_at: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        out = asdict(self)
+        out["status"] = self.decision or "pending"
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """A message an agent sent to the operator."""
+
+    id: int
+    agent: str
+    text: str
+    created_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One line of an agent's journal (activity: lifecycle, questions, status...)."""
+
+    id: int
+    agent: str
+    kind: str
+    detail: dict[str, Any]
+    at: float
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def _question(row: sqlite3.Row) -> QuestionRecord:
+    return QuestionRecord(
+        row["id"],
+        row["agent"],
+        row["text"],
+        tuple(json.loads(row["options"])),
+        row["created_at"],
+        row["answer"],
+        row["answered_at"],
+    )
+
+
+def _approval(row: sqlite3.Row) -> ApprovalRecord:
+    return ApprovalRecord(
+        row["id"],
+        row["agent"],
+        row["action"],
+        row["detail"],
+        row["created_at"],
+        row["decision"],
+        row["reason"],
+        row["decided_at"],
+    )
+
+
+def _agent(row: sqlite3.Row) -> AgentRecord:
+    return AgentRecord(
+        row["name"],
+        row["uid"],
+        tuple(json.loads(row["command"])),
+        row["created_at"],
+        row["status"],
+        row["status_detail"],
+        row["status_at"],
+    )
+
+
+class Store:
+    """One SQLite database (WAL, synchronous=FULL); every write is one transaction."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+        path.chmod(0o600)
+
+    def close(self) -> None:
+        """Checkpoint and close."""
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _journal(self, db: sqlite3.Connection, agent: str, kind: str, **detail: Any) -> None:
+        db.execute(
+            "INSERT INTO journal(agent, kind, detail, at) VALUES (?,?,?,?)",
+            (agent, kind, json.dumps(detail, sort_keys=True), time.time()),
+        )
+
+    # --- agents ---------------------------------------------------------------
+
+    def add_agent(self, name: str, uid: int, command: tuple[str, ...]) -> AgentRecord:
+        """Register an agent; :class:`Conflict` if the name is taken."""
+        with self._tx() as db:
+            try:
+                db.execute(
+                    "INSERT INTO agents(name, uid, command, created_at) VALUES (?,?,?,?)",
+                    (name, uid, json.dumps(list(command)), time.time()),
+                )
+            except sqlite3.IntegrityError as e:
+                raise Conflict(f"agent {name!r} already exists") from e
+            self._journal(db, name, "registered", uid=uid)
+        return self.agent(name)
+
+    def remove_agent(self, name: str) -> None:
+        """Forget an agent and everything it made (questions, approvals, messages)."""
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM agents WHERE name=?", (name,))
+            if cur.rowcount == 0:
+                raise NotFound(f"no agent {name!r}")
+            for table in ("questions", "approvals", "messages", "journal"):
+                db.execute(f"DELETE FROM {table} WHERE agent=?", (name,))  # noqa: S608
+
+    def agent(self, name: str) -> AgentRecord:
+        """One agent; :class:`NotFound` if absent."""
+        row = self._db.execute("SELECT * FROM agents WHERE name=?", (name,)).fetchone()
+        if row is None:
+            raise NotFound(f"no agent {name!r}")
+        return _agent(row)
+
+    def agents(self) -> list[AgentRecord]:
+        """Every agent, by name."""
+        return [_agent(r) for r in self._db.execute("SELECT * FROM agents ORDER BY name")]
+
+    def set_status(self, name: str, status: str, detail: str) -> AgentRecord:
+        """Record an agent's self-reported status."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE agents SET status=?, status_detail=?, status_at=? WHERE name=?",
+                (status, detail, time.time(), name),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no agent {name!r}")
+            self._journal(db, name, "status", status=status, detail=detail)
+        return self.agent(name)
+
+    def log(self, agent: str, kind: str, **detail: Any) -> None:
+        """Append a journal line (lifecycle events and the like)."""
+        with self._tx() as db:
+            self._journal(db, agent, kind, **detail)
+
+    def journal(
+        self, agent: str, *, limit: int = 100, before: int | None = None
+    ) -> list[JournalEntry]:
+        """The newest ``limit`` journal lines of ``agent`` (optionally before an id)."""
+        rows = self._db.execute(
+            "SELECT * FROM journal WHERE agent=? AND id < ? ORDER BY id DESC LIMIT ?",
+            (agent, before if before is not None else 2**62, limit),
+        )
+        return [
+            JournalEntry(r["id"], r["agent"], r["kind"], json.loads(r["detail"]), r["at"])
+            for r in rows
+        ]
+
+    # --- questions --------------------------------------------------------------
+
+    def ask(self, agent: str, text: str, options: tuple[str, ...]) -> QuestionRecord:
+        """Record a new open question from ``agent``."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO questions(agent, text, options, created_at) VALUES (?,?,?,?)",
+                (agent, text, json.dumps(list(options)), time.time()),
+            )
+            qid = int(cur.lastrowid or 0)
+            self._journal(db, agent, "question.asked", id=qid)
+        return self.question(qid)
+
+    def question(self, qid: int, *, agent: str | None = None) -> QuestionRecord:
+        """One question; with ``agent``, only if it is that agent's (else NotFound)."""
+        row = self._db.execute("SELECT * FROM questions WHERE id=?", (qid,)).fetchone()
+        if row is None or (agent is not None and row["agent"] != agent):
+            raise NotFound(f"no question {qid}")
+        return _question(row)
+
+    def questions(self, *, status: str = "all", agent: str | None = None) -> list[QuestionRecord]:
+        """Questions, newest first, filtered by status ('open', 'answered', 'all')."""
+        sql = "SELECT * FROM questions WHERE 1=1"
+        args: list[Any] = []
+        if status == "open":
+            sql += " AND answer IS NULL"
+        elif status == "answered":
+            sql += " AND answer IS NOT NULL"
+        if agent is not None:
+            sql += " AND agent=?"
+            args.append(agent)
+        return [_question(r) for r in self._db.execute(sql + " ORDER BY id DESC LIMIT 500", args)]
+
+    def answer(self, qid: int, answer: str) -> QuestionRecord:
+        """Answer an open question; :class:`Conflict` if already answered."""
+        with self._tx() as db:
+            row = db.execute("SELECT agent, answer FROM questions WHERE id=?", (qid,)).fetchone()
+            if row is None:
+                raise NotFound(f"no question {qid}")
+            if row["answer"] is not None:
+                raise Conflict(f"question {qid} is already answered")
+            db.execute(
+                "UPDATE questions SET answer=?, answered_at=? WHERE id=?",
+                (answer, time.time(), qid),
+            )
+            self._journal(db, row["agent"], "question.answered", id=qid)
+        return self.question(qid)
+
+    # --- approvals ----------------------------------------------------------------
+
+    def request_approval(self, agent: str, action: str, detail: str) -> ApprovalRecord:
+        """Record a new pending approval request from ``agent``."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO approvals(agent, action, detail, created_at) VALUES (?,?,?,?)",
+                (agent, action, detail, time.time()),
+            )
+            aid = int(cur.lastrowid or 0)
+            self._journal(db, agent, "approval.requested", id=aid, action=action)
+        return self.approval(aid)
+
+    def approval(self, aid: int, *, agent: str | None = None) -> ApprovalRecord:
+        """One approval request; with ``agent``, only if it is that agent's."""
+        row = self._db.execute("SELECT * FROM approvals WHERE id=?", (aid,)).fetchone()
+        if row is None or (agent is not None and row["agent"] != agent):
+            raise NotFound(f"no approval {aid}")
+        return _approval(row)
+
+    def approvals(self, *, status: str = "all", agent: str | None = None) -> list[ApprovalRecord]:
+        """Approval requests, newest first ('pending', 'approved', 'denied', 'all')."""
+        sql = "SELECT * FROM approvals WHERE 1=1"
+        args: list[Any] = []
+        if status == "pending":
+            sql += " AND decision IS NULL"
+        elif status in {"approved", "denied"}:
+            sql += " AND decision=?"
+            args.append(status)
+        if agent is not None:
+            sql += " AND agent=?"
+            args.append(agent)
+        return [_approval(r) for r in self._db.execute(sql + " ORDER BY id DESC LIMIT 500", args)]
+
+    def decide(self, aid: int, decision: str, reason: str | None) -> ApprovalRecord:
+        """Approve or deny a pending request; :class:`Conflict` if already decided."""
+        assert decision in {"approved", "denied"}
+        with self._tx() as db:
+            row = db.execute("SELECT agent, decision FROM approvals WHERE id=?", (aid,)).fetchone()
+            if row is None:
+                raise NotFound(f"no approval {aid}")
+            if row["decision"] is not None:
+                raise Conflict(f"approval {aid} is already {row['decision']}")
+            db.execute(
+                "UPDATE approvals SET decision=?, reason=?, decided_at=? WHERE id=?",
+                (decision, reason, time.time(), aid),
+            )
+            self._journal(db, row["agent"], f"approval.{decision}", id=aid)
+        return self.approval(aid)
+
+    # --- messages -------------------------------------------------------------------
+
+    def add_message(self, agent: str, text: str) -> MessageRecord:
+        """Record a message from ``agent``."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO messages(agent, text, created_at) VALUES (?,?,?)",
+                (agent, text, time.time()),
+            )
+            mid = int(cur.lastrowid or 0)
+            self._journal(db, agent, "message", id=mid)
+        row = self._db.execute("SELECT * FROM messages WHERE id=?", (mid,)).fetchone()
+        return MessageRecord(row["id"], row["agent"], row["text"], row["created_at"])
+
+    def messages(self, agent: str, *, limit: int = 100) -> list[MessageRecord]:
+        """The newest messages of ``agent``."""
+        rows = self._db.execute(
+            "SELECT * FROM messages WHERE agent=? ORDER BY id DESC LIMIT ?", (agent, limit)
+        )
+        return [MessageRecord(r["id"], r["agent"], r["text"], r["created_at"]) for r in rows]
+
+    def snapshot(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every row of every table (tests compare snapshots: "nothing changed")."""
+        out: dict[str, list[tuple[Any, ...]]] = {}
+        for table in ("agents", "questions", "approvals", "messages", "journal"):
+            rows = self._db.execute(f"SELECT * FROM {table} ORDER BY 1")  # noqa: S608
+            out[table] = [tuple(r) for r in rows]
+        return out

@@ -1,0 +1,264 @@
+"""Unix listeners, ``SO_PEERCRED``, and "which socket accepted this connection".
+
+The principal of a request comes from the transport only:
+
+- on an agent socket, :class:`AgentRegistry` maps the listening socket's path
+  (the accepted connection's ``sockname``) to the agent it was created for, and
+  the peer's uid (``SO_PEERCRED``) must equal that agent's configured uid;
+- on ``core.sock``, the peer's uid must be the gateway's, and only then does the
+  ``X-Hive-Principal: operator`` marker count (:func:`core_principal`).
+
+Agent sockets are made by a :class:`SocketProvider`: :class:`LocalSocketProvider`
+binds them itself (0600, owned by the agent's uid when running as root); a
+provider that receives an already-listening fd from hive-priv fits the same
+interface. :class:`AgentSites` adds and removes one ``web.SockSite`` per agent
+on a running ``AppRunner``, without restarting anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from aiohttp import web
+
+from enforcer.errors import Forbidden, NotFound
+
+__all__ = [
+    "AgentRegistry",
+    "AgentSites",
+    "LocalSocketProvider",
+    "PeerCredentials",
+    "SocketProvider",
+    "agent_principal",
+    "bind_unix_socket",
+    "core_principal",
+    "peer_credentials",
+]
+
+_UCRED = struct.Struct("3i")
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCredentials:
+    """The connecting process, as the kernel saw it at connect()."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_credentials(request: web.BaseRequest) -> PeerCredentials:
+    """``SO_PEERCRED`` of the request's connection (:class:`Forbidden` if unavailable)."""
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        raise Forbidden("peer credentials are unavailable on this connection")
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, gid = _UCRED.unpack(raw)
+    return PeerCredentials(pid, uid, gid)
+
+
+def _sockname(request: web.BaseRequest) -> str | None:
+    transport = request.transport
+    if transport is None:
+        return None
+    name = transport.get_extra_info("sockname")
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "surrogateescape")
+    return name if isinstance(name, str) and name else None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentBinding:
+    """What a listening socket path stands for."""
+
+    name: str
+    uid: int
+
+
+class AgentRegistry:
+    """Listening socket path -> agent (name, uid). Mutated only by :class:`AgentSites`."""
+
+    def __init__(self) -> None:
+        self._by_path: dict[str, AgentBinding] = {}
+
+    def add(self, path: str, name: str, uid: int) -> None:
+        """Map ``path`` to agent ``name`` with ``uid``."""
+        self._by_path[path] = AgentBinding(name, uid)
+
+    def remove(self, path: str) -> None:
+        """Forget ``path``; connections still open on it are refused from now on."""
+        self._by_path.pop(path, None)
+
+    def lookup(self, path: str) -> AgentBinding | None:
+        """The agent of the socket at ``path``, if any."""
+        return self._by_path.get(path)
+
+    def __len__(self) -> int:
+        return len(self._by_path)
+
+
+def agent_principal(registry: AgentRegistry) -> Callable[[web.Request], Awaitable[str]]:
+    """The agent surface's ``principal_of``: ``agent:<name>`` of the accepting socket."""
+
+    async def principal_of(request: web.Request) -> str:
+        path = _sockname(request)
+        agent = registry.lookup(path) if path is not None else None
+        if agent is None:
+            raise Forbidden("this socket belongs to no registered agent")
+        peer = peer_credentials(request)
+        if peer.uid != agent.uid:
+            raise Forbidden(
+                f"peer uid {peer.uid} is not agent {agent.name}'s uid; "
+                "only the agent itself may use its socket"
+            )
+        return f"agent:{agent.name}"
+
+    return principal_of
+
+
+OPERATOR_MARKER = "X-Hive-Principal"
+
+
+def core_principal(gateway_uid: int) -> Callable[[web.Request], Awaitable[str]]:
+    """``core.sock``'s ``principal_of``: only the gateway's uid; operator only with its marker."""
+
+    async def principal_of(request: web.Request) -> str:
+        peer = peer_credentials(request)
+        if peer.uid != gateway_uid:
+            raise Forbidden("core.sock accepts connections from the gateway only")
+        # Exactly one marker header with exactly this value; anything else,
+        # including other X-Hive-* or forwarding headers, is ignored.
+        markers = request.headers.getall(OPERATOR_MARKER, [])
+        return "operator" if markers == ["operator"] else "anonymous"
+
+    return principal_of
+
+
+def bind_unix_socket(
+    path: Path, *, mode: int, uid: int | None, backlog: int = 128
+) -> socket.socket:
+    """A listening unix socket at ``path`` with ``mode`` (and owner ``uid`` if given).
+
+    Bound under a temporary name, chmod/chown-ed, then renamed into place, so
+    the final path never exists with looser permissions than ``mode``.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old = os.umask(0o177)
+        try:
+            sock.bind(str(tmp))
+        finally:
+            os.umask(old)
+        os.chmod(tmp, mode)
+        if uid is not None:
+            os.chown(tmp, uid, -1)
+        os.replace(tmp, path)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return sock
+
+
+class SocketProvider(Protocol):
+    """Makes (or obtains) the listening socket of an agent."""
+
+    async def open(self, name: str, uid: int, path: Path) -> socket.socket:
+        """A listening AF_UNIX socket at ``path`` that only ``uid`` can connect to."""
+        ...
+
+    async def close(self, name: str, path: Path) -> None:
+        """Remove the socket file (the listener is already closed)."""
+        ...
+
+
+class LocalSocketProvider:
+    """Binds agent sockets itself: mode 0600, owner = the agent's uid when root."""
+
+    async def open(self, name: str, uid: int, path: Path) -> socket.socket:
+        """Bind ``path`` (replacing a stale file), 0600, chown to ``uid`` if we can."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        owner = uid if os.geteuid() == 0 else None
+        return bind_unix_socket(path, mode=0o600, uid=owner)
+
+    async def close(self, name: str, path: Path) -> None:
+        """Unlink the socket file."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+@dataclass(slots=True)
+class _Site:
+    site: web.SockSite
+    path: Path
+    key: str
+
+
+class AgentSites:
+    """One listening site per agent on a shared runner; added/removed at run time."""
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        registry: AgentRegistry,
+        provider: SocketProvider,
+        path_of: Callable[[str], Path],
+    ) -> None:
+        self._runner = runner
+        self._registry = registry
+        self._provider = provider
+        self._path_of = path_of
+        self._sites: dict[str, _Site] = {}
+
+    async def add(self, name: str, uid: int) -> Path:
+        """Open ``name``'s socket and start serving the agent surface on it."""
+        if name in self._sites:
+            return self._sites[name].path
+        path = self._path_of(name)
+        sock = await self._provider.open(name, uid, path)
+        sockname = sock.getsockname()
+        key = sockname.decode() if isinstance(sockname, bytes) else str(sockname)
+        # The registry maps what the kernel reports as an accepted connection's
+        # sockname: the name the listener was bound under (which may be a
+        # temporary name renamed into place, or hive-priv's path).
+        self._registry.add(key, name, uid)
+        site = web.SockSite(self._runner, sock)
+        try:
+            await site.start()
+        except BaseException:
+            self._registry.remove(key)
+            sock.close()
+            raise
+        self._sites[name] = _Site(site, path, key)
+        return path
+
+    async def remove(self, name: str) -> None:
+        """Stop ``name``'s site, forget it, remove its socket file."""
+        entry = self._sites.pop(name, None)
+        if entry is None:
+            raise NotFound(f"agent {name!r} has no socket")
+        self._registry.remove(entry.key)
+        await entry.site.stop()
+        await self._provider.close(name, entry.path)
+
+    def names(self) -> list[str]:
+        """Agents with a live socket."""
+        return sorted(self._sites)
+
+    async def close(self) -> None:
+        """Remove every site."""
+        for name in list(self._sites):
+            await self.remove(name)
