@@ -15,18 +15,23 @@ once started. :func:`run` is the ``hive-boundary core`` entry point: it binds
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
+import signal
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
 from enforcer import agent_api, authz, operator_api
-from enforcer.config import HiveConfig
+from enforcer.config import HiveConfig, load_config
 from enforcer.corestate import CORE, CoreState, EventHub, Instrument
+from enforcer.errors import HiveError
 from enforcer.lifecycle import LifecycleBackend, LocalProcessBackend
-from enforcer.log import get_logger
+from enforcer.log import configure_logging, get_logger
 from enforcer.policy import PolicyEngine
 from enforcer.store import Store
 from enforcer.transport import (
@@ -37,7 +42,7 @@ from enforcer.transport import (
     core_principal,
 )
 
-__all__ = ["create_app", "run", "serve"]
+__all__ = ["add_arguments", "create_app", "run", "serve"]
 
 
 def create_app(
@@ -138,25 +143,41 @@ async def serve(config: HiveConfig, app: web.Application | None = None) -> web.A
     return runner
 
 
-def run(config: HiveConfig) -> int:
-    """``hive-boundary core``: serve until SIGINT/SIGTERM; exit code."""
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``hive-boundary core``."""
+    parser.add_argument("--config", type=Path, help="hive.toml (default /etc/hive/hive.toml)")
+
+
+def run(config: HiveConfig | argparse.Namespace) -> int:
+    """``hive-boundary core``: serve until SIGINT/SIGTERM; exit code.
+
+    Takes a :class:`HiveConfig`, or the parsed ``hive-boundary core``
+    arguments (the daemons' dispatch table calls ``run(args)``).
+    """
+    configure_logging()
+    if isinstance(config, argparse.Namespace):
+        try:
+            config = load_config(config.config)
+            config.resolved_gateway_uid()
+        except HiveError as e:
+            print(f"hive-boundary core: {e.reason}", file=sys.stderr)
+            return 2
+    cfg = config
     log = get_logger("enforcer.core")
 
     async def main() -> None:
-        runner = await serve(config)
-        log.info("core.started", socket=str(config.core_socket), pid=os.getpid())
+        runner = await serve(cfg)
+        log.info("core.started", socket=str(cfg.core_socket), pid=os.getpid())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in ("SIGINT", "SIGTERM"):
-            import signal
-
-            loop.add_signal_handler(getattr(signal, sig), stop.set)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         try:
             await stop.wait()
         finally:
             await runner.cleanup()
             with contextlib.suppress(FileNotFoundError):
-                config.core_socket.unlink()
+                cfg.core_socket.unlink()
             log.info("core.stopped")
 
     asyncio.run(main())

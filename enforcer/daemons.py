@@ -17,6 +17,7 @@ __all__ = ["DAEMONS", "register"]
 DAEMONS: dict[str, tuple[str, str]] = {
     "priv": ("enforcer.priv", "run hive-priv, the socket-activated root helper"),
     "gateway": ("enforcer.gateway", "run the gateway, the operator's one origin"),
+    "core": ("enforcer.core", "run the core daemon: core.sock and one socket per agent"),
 }
 
 
