@@ -126,7 +126,9 @@ class Nft:
         self._run([{"add": {"table": t}}, {"delete": {"table": t}}])
 
     def flush_table(self) -> None:
-        """Remove every rule and set of the table but keep it (what tests use as drift)."""
+        """Remove every rule of the table but keep it and its sets (tests use it as drift)."""
+        if not self.exists():
+            return
         self._run([{"flush": {"table": {"family": "inet", "name": self.table}}}])
 
 

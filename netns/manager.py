@@ -366,7 +366,11 @@ class NetnsManager:
                     self.policy.ipv4, self.policy.ipv6, self._inv[name].slot
                 )
                 links.create_container_links(ns, ifname, slot)
-                if not self._isolated(entry):
+                # The whole table, not only our elements: rules flushed behind
+                # our back would leave the new interface unprotected.
+                if not self.drift().in_sync:
+                    self.apply()
+                if not self.drift().in_sync or not self._isolated(entry):
                     raise NftError(f"isolation of {name!r} is not in the live table")
                 links.set_link_up(ifname)
             except BaseException:
