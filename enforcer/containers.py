@@ -215,6 +215,24 @@ def _signal_if_uid(pid: int, uid: int, sig: signal.Signals) -> None:
 _CLONE_NEWNET = 0x40000000
 
 
+def _shared_dir(path: Path) -> None:
+    """A root-owned 0755 directory every agent traverses (``STATE/agents``, ``RUN/agents``).
+
+    Modes are set explicitly: hive-priv runs under umask 0077. An existing
+    path must be a real directory owned by root - never a symlink someone
+    planted, since hive-priv creates, chowns and removes things beneath it.
+    """
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    else:
+        os.chmod(path, 0o755)  # noqa: S103 - agents must traverse it; holds no secrets
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise Conflict(f"{path} must be a directory owned by uid {os.geteuid()}")
+
+
 def _enter_netns(path: Path) -> None:
     """setns(2) the calling thread into the network namespace at ``path``.
 
@@ -516,8 +534,7 @@ class NetnsBackend:
             return self._info(rec)
 
     def _make_dirs(self, rec: ContainerRecord) -> None:
-        agents = self.state_dir / "agents"
-        agents.mkdir(mode=0o755, parents=True, exist_ok=True)
+        _shared_dir(self.state_dir / "agents")
         top = self.agent_dir(rec.name)
         group = self.core_gid if self.core_gid is not None else rec.gid
         # state/: the agent's own files; the core's group may read and write
@@ -623,7 +640,7 @@ class NetnsBackend:
         with self._lock:
             rec = self._get(name)
             path = self.socket_path(name)
-            path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            _shared_dir(path.parent)
             with contextlib.suppress(FileNotFoundError):
                 if not stat.S_ISSOCK(path.lstat().st_mode):
                     raise Conflict(f"{path} exists and is not a socket")

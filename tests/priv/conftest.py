@@ -1,0 +1,220 @@
+"""Fixtures for hive-priv: throwaway users, a socket-activated daemon, cleanup.
+
+Every name a test creates (users, namespaces, veths, the nftables table, the
+address subnet) is unique to that test and removed afterwards, even when the
+test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from enforcer.config import default_policy_dir
+from enforcer.containers import processes_of_uid
+from enforcer.priv import spawn_socket_activated
+from enforcer.users import SystemUser, ensure_system_user, lookup_user, remove_system_user
+from tests.conftest import require_root
+
+REPO = Path(__file__).resolve().parents[2]
+SYSTEM_PYTHON = "/usr/bin/python3"  # for children running as other users: stdlib only
+
+
+@contextlib.contextmanager
+def throwaway_user(prefix: str = "hbt") -> Iterator[SystemUser]:
+    """A unique system user (and group) that exists only for the block."""
+    name = f"{prefix}{secrets.token_hex(4)}"
+    user = ensure_system_user(name)
+    try:
+        yield user
+    finally:
+        kill_uid(user.uid)
+        remove_system_user(name)
+
+
+def kill_uid(uid: int) -> None:
+    """SIGKILL every process of ``uid`` (a throwaway uid of this test only)."""
+    for _ in range(100):
+        pids = processes_of_uid(uid)
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.02)
+
+
+def run_as(
+    user: SystemUser, code: str, *args: str, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    """Run Python ``code`` as ``user`` (no supplementary groups), like a daemon would."""
+    return subprocess.run(
+        [SYSTEM_PYTHON, "-c", code, *args],
+        user=user.uid,
+        group=user.gid,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd="/",
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+    )
+
+
+def _random_subnets() -> tuple[str, str]:
+    # Concurrent tests (other layers) use their own subnets; collide with none.
+    v4 = ipaddress.IPv4Network(
+        (int(ipaddress.IPv4Address("10.0.0.0")) + (secrets.randbelow(0xFFFF) << 8), 24)
+    )
+    v6 = ipaddress.IPv6Network(
+        f"fd{secrets.token_hex(1)}:{secrets.token_hex(2)}:{secrets.token_hex(2)}::/64"
+    )
+    return str(v4), str(v6)
+
+
+@dataclass
+class PrivEnv:
+    """A running hive-priv under test and everything needed to clean it up."""
+
+    base: Path
+    run_dir: Path
+    state_dir: Path
+    policy_dir: Path
+    core: SystemUser
+    table: str
+    netns_prefix: str
+    ifprefix: str
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    agents: list[str] = field(default_factory=list)
+
+    @property
+    def socket(self) -> Path:
+        """priv.sock."""
+        return self.run_dir / "priv.sock"
+
+    def agent_name(self) -> str:
+        """A unique agent name, remembered for cleanup."""
+        name = f"t{secrets.token_hex(3)}"
+        self.agents.append(name)
+        return name
+
+    def log(self) -> str:
+        """hive-priv's log so far (stderr: JSON lines)."""
+        return self.log_path.read_text(errors="replace")
+
+    def start(self) -> None:
+        """Launch hive-priv the dev way: systemd-socket-activate + group/mode fix-up."""
+        env = dict(
+            os.environ,
+            HIVE_RUN_DIR=str(self.run_dir),
+            HIVE_STATE_DIR=str(self.state_dir),
+            HIVE_POLICY_DIR=str(self.policy_dir),
+            PYTHONPATH=str(REPO),
+        )
+        env.pop("HIVE_CONFIG", None)
+        args = [
+            "--core-uid", str(self.core.uid),
+            "--core-gid", str(self.core.gid),
+            "--table", self.table,
+            "--netns-prefix", self.netns_prefix,
+            "--ifprefix", self.ifprefix,
+        ]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.proc = spawn_socket_activated(
+                self.socket,
+                args,
+                group_gid=self.core.gid,
+                env=env,
+                executable=[sys.executable, "-m", "enforcer.cli"],
+                stderr=log,
+            )
+
+    def stop(self) -> None:
+        """SIGTERM hive-priv (SIGKILL if it lingers) and reap it."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def _cleanup(env: PrivEnv) -> None:
+    env.stop()
+    for name in env.agents:
+        user = lookup_user(f"hive-a-{name}")
+        if user is not None:
+            kill_uid(user.uid)
+            remove_system_user(user.name)
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        ns = line.split()[0] if line.split() else ""
+        if ns.startswith(env.netns_prefix):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    for line in links.splitlines():
+        ifname = line.split(":")[1].strip().split("@")[0]
+        if ifname.startswith(env.ifprefix):
+            subprocess.run(["ip", "link", "del", ifname], capture_output=True)
+    subprocess.run(["nft", "delete", "table", "inet", env.table], capture_output=True)
+    shutil.rmtree(env.base, ignore_errors=True)
+
+
+@pytest.fixture
+def priv_env() -> Iterator[PrivEnv]:
+    """A prepared (not yet started) hive-priv environment with a throwaway core user."""
+    require_root()
+    token = secrets.token_hex(3)
+    base = Path(tempfile.mkdtemp(prefix="hbp-", dir="/tmp"))
+    # Agents' users must traverse to their state/ and socket.
+    os.chmod(base, 0o755)
+    run_dir, state_dir, policy_dir = base / "run", base / "state", base / "policies"
+    run_dir.mkdir(mode=0o755)
+    state_dir.mkdir(mode=0o755)
+    shutil.copytree(default_policy_dir(), policy_dir, ignore=shutil.ignore_patterns("__*"))
+    v4, v6 = _random_subnets()
+    net = (policy_dir / "network.toml").read_text()
+    net = net.replace('ipv4 = "10.203.0.0/16"', f'ipv4 = "{v4}"')
+    net = net.replace('ipv6 = "fd00:4869:7665::/48"', f'ipv6 = "{v6}"')
+    (policy_dir / "network.toml").write_text(net)
+    with throwaway_user("hbc") as core:
+        env = PrivEnv(
+            base=base,
+            run_dir=run_dir,
+            state_dir=state_dir,
+            policy_dir=policy_dir,
+            core=core,
+            table=f"hbt{token}",
+            netns_prefix=f"hbp{token}-",
+            ifprefix=f"p{token}",
+            log_path=base / "priv.log",
+        )
+        try:
+            yield env
+        finally:
+            _cleanup(env)
+
+
+@pytest.fixture
+def priv(priv_env: PrivEnv) -> PrivEnv:
+    """A running hive-priv (socket-activated)."""
+    priv_env.start()
+    return priv_env
