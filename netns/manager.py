@@ -320,13 +320,14 @@ class NetnsManager:
 
     def add_isolation(self, entry: ContainerEntry) -> None:
         """Add the set elements of one container in one transaction."""
-        rs = self.compiled()
+        # Set definitions depend on the policy only: no need to compile the inventory.
+        rs = compile_ruleset(self.policy, [], self.table)
         sets = {s.name: s for s in rs.sets}
         self.nft.update_elements(sets, add=container_elements(self.policy, entry))
 
     def remove_isolation(self, entry: ContainerEntry) -> None:
         """Remove the set elements of one container in one transaction."""
-        rs = self.compiled()
+        rs = compile_ruleset(self.policy, [], self.table)
         sets = {s.name: s for s in rs.sets}
         self.nft.update_elements(sets, delete=container_elements(self.policy, entry))
 
