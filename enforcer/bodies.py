@@ -145,11 +145,12 @@ def parse_body(raw: bytes, schema: Schema, *, max_bytes: int) -> dict[str, Any]:
 
 def parse_query(query: Mapping[str, str], schema: Schema) -> dict[str, Any]:
     """Check a query string against ``schema`` (ints/numbers/bools converted)."""
-    keys = list(query.keys())
-    if len(keys) != len(set(keys)):
+    # items(), not keys(): a multidict's keys() folds repeated keys into one.
+    pairs = list(query.items())
+    if len(pairs) != len({key for key, _ in pairs}):
         raise BadRequest("repeated query parameter")
     data: dict[str, object] = {}
-    for key, text in query.items():
+    for key, text in pairs:
         spec = schema.fields.get(key)
         if spec is None or spec.kind == "str":
             data[key] = text

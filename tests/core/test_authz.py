@@ -1,0 +1,156 @@
+"""Every route bound to one catalogue action; default deny; raw paths checked as received."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from enforcer import agent_api, authz, operator_api
+from enforcer.config import default_policy_dir
+from enforcer.core import create_app
+from enforcer.policy import PolicyEngine
+from tests.core.conftest import Core, make_config
+
+
+@pytest.fixture(scope="module")
+def engine() -> PolicyEngine:
+    return PolicyEngine(default_policy_dir())
+
+
+async def _ok(request: web.Request) -> web.Response:
+    return web.json_response({})
+
+
+async def test_an_unbound_route_is_a_start_up_error(
+    hive_dirs: tuple[Path, Path],
+) -> None:
+    app = create_app(make_config(*hive_dirs))
+    app.router.add_get("/api/sneaky", _ok)  # not through authz.bind
+    runner = web.AppRunner(app)
+    with pytest.raises(authz.UnboundRouteError, match="/api/sneaky"):
+        await runner.setup()
+    await runner.cleanup()
+
+
+def test_auto_added_head_routes_count_as_unbound(engine: PolicyEngine) -> None:
+    app = web.Application()
+    authz.bind(app, "GET", "/x", _ok, action="health.read", resource="health")
+    authz.check_routes(app, engine.current.catalogue, channel="gateway")  # type: ignore[union-attr]
+    app.router.add_get("/y", _ok)  # adds GET and HEAD
+    with pytest.raises(authz.UnboundRouteError, match="HEAD /y"):
+        authz.check_routes(app, engine.current.catalogue, channel="gateway")  # type: ignore[union-attr]
+
+
+def test_sub_applications_and_static_routes_are_checked(
+    engine: PolicyEngine, tmp_path: Path
+) -> None:
+    catalogue = engine.current.catalogue  # type: ignore[union-attr]
+    app = web.Application()
+    authz.bind_static(app, "/static", tmp_path, action="static.read", resource="static/x")
+    sub = web.Application()
+    authz.bind(sub, "GET", "/ok", _ok, action="health.read", resource="health")
+    app.add_subapp("/sub", sub)
+    authz.check_routes(app, catalogue, channel="gateway")
+    sub2 = web.Application()
+    sub2.router.add_route("OPTIONS", "/opt", _ok)
+    app.add_subapp("/sub2", sub2)
+    with pytest.raises(authz.UnboundRouteError, match="OPTIONS"):
+        authz.check_routes(app, catalogue, channel="gateway")
+
+
+def test_unknown_actions_are_refused(engine: PolicyEngine) -> None:
+    app = web.Application()
+    authz.bind(app, "GET", "/x", _ok, action="no.such.action", resource="x")
+    with pytest.raises(authz.UnboundRouteError, match="not in the catalogue"):
+        authz.check_routes(app, engine.current.catalogue, channel="gateway")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("action", ["question.answer", "approval.approve", "container.stop"])
+def test_operator_actions_cannot_be_bound_on_the_socket_channel(
+    engine: PolicyEngine, action: str
+) -> None:
+    app = web.Application()
+    authz.bind(app, "POST", "/x", _ok, action=action, resource="x")
+    with pytest.raises(authz.UnboundRouteError, match="no route on the socket channel"):
+        authz.check_routes(app, engine.current.catalogue, channel="socket")  # type: ignore[union-attr]
+
+
+def test_the_agent_surface_holds_only_agent_self_actions(engine: PolicyEngine) -> None:
+    catalogue = engine.current.catalogue  # type: ignore[union-attr]
+    assert {catalogue[r.action].authority.value for r in agent_api.ROUTES} == {"agent-self"}
+    assert {catalogue[r.action].authority.value for r in operator_api.ROUTES} <= {
+        "operator",
+        "public",
+    }
+
+
+async def test_the_running_agent_app_routes_are_exactly_the_agent_table(core: Core) -> None:
+    app = core.state.agent_app
+    assert app is not None
+    seen = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource}
+    assert seen == {(r.method, re.sub(r":[^}]*\}", "}", r.path)) for r in agent_api.ROUTES}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "/v1/../api/agents",
+        "/v1/./whoami",
+        "/v1//whoami",
+        "/v1/state/%2e%2e/x",
+        "/v1/state/a%2Fb",
+        "/v1/state/a%5cb",
+        "/v1/state/a%00b",
+        "/v1/state/%252e",
+        "/v1\\whoami",
+        "v1/whoami",
+        "/" + "a" * 3000,
+    ],
+)
+def test_unsafe_raw_paths_are_refused(raw: str) -> None:
+    assert authz.unsafe_raw_path_reason(raw) is not None
+
+
+@pytest.mark.parametrize(
+    "raw", ["/v1/whoami", "/v1/state/notes%20today.md", "/v1/questions/3?wait=1", "/api/agents/"]
+)
+def test_ordinary_raw_paths_pass(raw: str) -> None:
+    assert authz.unsafe_raw_path_reason(raw) is None
+
+
+async def test_every_decision_is_logged_once_with_its_fields(core: Core) -> None:
+    before = len(core.state.decisions)
+    async with core.agent("alpha") as agent:
+        await agent.get("/v1/whoami")
+    async with core.operator(headers={}) as anon:
+        await anon.post("/api/approvals/1/approve")
+    events = list(core.state.decisions)[before:]
+    assert len(events) == 2
+    allow, deny = events
+    fields = {"principal", "channel", "resource", "action", "decision", "rule", "revision"}
+    assert fields <= set(allow) and "request_id" in allow
+    assert (allow["principal"], allow["channel"], allow["action"], allow["decision"]) == (
+        "agent:alpha",
+        "socket",
+        "agent.whoami",
+        "allow",
+    )
+    assert allow["rule"].startswith("policy.csv:")
+    assert (deny["principal"], deny["resource"], deny["decision"]) == (
+        "anonymous",
+        "approval:1",
+        "deny",
+    )
+
+
+async def test_unmatched_routes_are_404_json_and_run_nothing(core: Core) -> None:
+    async with core.operator() as op:
+        resp = await op.get("/api/nothing-here")
+        assert resp.status == 404
+        assert (await resp.json())["error"] == "not_found"
+        resp = await op.delete("/api/agents")
+        assert resp.status == 405
+        assert "reason" in await resp.json()
