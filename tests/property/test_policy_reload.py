@@ -30,8 +30,12 @@ FAILING_CASE = (
 def versions(draw: st.DrawFn) -> tuple[str, str, Policy | None]:
     """(policy.csv, tests.toml, the policy if the engine must accept it, else None)."""
     policy = accepted_policy(draw(plausible_policy_csvs(max_lines=10)))
-    csv = "\n".join(f"{g.src.text}" for g in (*policy.roles, *policy.lines)) if policy else ""
-    if policy is not None and draw(st.booleans()):
+    if policy is None:
+        policy = accepted_policy("")
+    assert policy is not None
+    texts = [lk.src.text for lk in policy.roles] + [g.src.text for g in policy.lines]
+    csv = "\n".join(texts) if policy else ""
+    if draw(st.booleans()):
         accepted = accepted_policy(csv + "\n")
         return csv + "\n", "", accepted
     kind = draw(st.sampled_from([*BREAKERS, "failing-case"]))
