@@ -26,6 +26,8 @@ from enforcer.corestate import CORE, CoreState, Instrument
 from enforcer.log import configure_logging
 
 OPERATOR = {"X-Hive-Principal": "operator"}
+# Decision logs of the cores under test go nowhere (the ring keeps them for asserts).
+_DEVNULL = open(os.devnull, "w")  # noqa: SIM115
 
 
 @dataclass
@@ -70,7 +72,7 @@ def make_config(run_dir: Path, state_dir: Path, **core: object) -> HiveConfig:
 
 
 async def start_core(config: HiveConfig, instrument: Instrument | None = None) -> Core:
-    configure_logging(open(os.devnull, "w"))  # noqa: SIM115
+    configure_logging(_DEVNULL)
     app = create_app(config, instrument=instrument)
     runner = await serve(config, app)
     return Core(config, app, runner)

@@ -131,7 +131,8 @@ async def test_every_decision_is_logged_once_with_its_fields(core: Core) -> None
     assert len(events) == 2
     allow, deny = events
     fields = {"principal", "channel", "resource", "action", "decision", "rule", "revision"}
-    assert fields <= set(allow) and "request_id" in allow
+    assert fields <= set(allow)
+    assert "request_id" in allow
     assert (allow["principal"], allow["channel"], allow["action"], allow["decision"]) == (
         "agent:alpha",
         "socket",

@@ -97,7 +97,8 @@ async def test_bad_agent_input_is_refused_and_changes_nothing(
         resp = await agent.request(method, path, data=body, skip_auto_headers=["Content-Type"])
         assert 400 <= resp.status < 500, await resp.text()
         reply = await resp.json()
-        assert reply["reason"] and "Traceback" not in reply["reason"]
+        assert reply["reason"]
+        assert "Traceback" not in reply["reason"]
     assert seeded.state.db.snapshot() == before_db
     assert _files(seeded.config.state_dir.parent) == before_files
     assert (tmp_path / "outside" / "shadow").read_text() == "secret"

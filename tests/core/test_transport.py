@@ -60,7 +60,7 @@ async def test_core_sock_operator_needs_the_marker_and_nothing_else_counts(core:
     async with core.operator(headers={}) as anon:
         resp = await anon.get(
             "/api/agents",
-            headers=[("X-Hive-Principal", "operator"), ("X-Hive-Principal", "operator")],  # type: ignore[arg-type]
+            headers=[("X-Hive-Principal", "operator"), ("X-Hive-Principal", "operator")],
         )
         assert resp.status == 403
 
