@@ -342,12 +342,7 @@ async def _principal_of(request: web.Request) -> str:
 @web.middleware
 async def _pages_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Outermost: turn gateway-made errors into pages (or API JSON); anonymous -> login."""
-    try:
-        response = await handler(request)
-    except web.HTTPException as e:
-        if e.status >= 400:
-            raise
-        return e
+    response = await handler(request)
     if response.prepared or response.status < 400:
         return response
     anonymous = request.get(authz.PRINCIPAL, "anonymous") == "anonymous"
@@ -384,7 +379,12 @@ def _unauthenticated(request: web.Request) -> web.Response:
 
 @web.middleware
 async def _space_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A raw path in the agent space must have matched an agent route, and only then."""
+    """A raw path in the agent space must have matched an agent route, and only then.
+
+    The raw target is checked first (authz checks it again): a refused path is
+    a 400 whatever it would have matched.
+    """
+    paths.check_target(request.raw_path)
     route = request.match_info.route
     agent_route = route.name in _AGENT_ROUTES if route is not None else False
     if paths.in_agent_space(request.raw_path) != agent_route:
@@ -504,9 +504,13 @@ async def _login(request: web.Request) -> web.StreamResponse:
     store.revoke(request.get(_SESSION_ID))
     session_id, session = store.create()
     _log.info("login.ok", request_id=request.get(authz.REQUEST_ID))
-    response = web.HTTPSeeOther(next_target)
+    response = _see_other(next_target)
     _set_cookies(response, config, session_id, session)
     return response
+
+
+def _see_other(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location})
 
 
 def _set_cookies(
@@ -524,7 +528,7 @@ async def _logout(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
     request.app[SESSIONS].revoke(request.get(_SESSION_ID))
     _log.info("logout", request_id=request.get(authz.REQUEST_ID))
-    response = web.HTTPSeeOther("/login")
+    response = _see_other("/login")
     tls = _tls(config)
     response.del_cookie(cookie_name(tls), path="/", secure=tls, samesite="Strict")
     response.del_cookie(CSRF_COOKIE, path="/", secure=tls, samesite="Strict")

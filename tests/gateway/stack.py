@@ -108,6 +108,14 @@ async def _ws(double: Double, request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
+def _bound(fn: Any, double: Double) -> Any:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response: web.StreamResponse = await fn(double, request)
+        return response
+
+    return handler
+
+
 def core_double_app(double: Double, agents: dict[str, str]) -> web.Application:
     """The core as the gateway sees it, recording everything."""
 
@@ -154,10 +162,10 @@ def core_double_app(double: Double, agents: dict[str, str]) -> web.Application:
     app.router.add_get("/api/agents/{name}", agent_record)
     app.router.add_get("/static/{path:.*}", static)
     app.router.add_get("/api/leaky", leaky)
-    app.router.add_post("/api/upload", lambda r: _upload(double, r))
-    app.router.add_get("/api/download", lambda r: _download(double, r))
-    app.router.add_get("/api/events", lambda r: _sse(double, r))
-    app.router.add_get("/api/ws", lambda r: _ws(double, r))
+    app.router.add_post("/api/upload", _bound(_upload, double))
+    app.router.add_get("/api/download", _bound(_download, double))
+    app.router.add_get("/api/events", _bound(_sse, double))
+    app.router.add_get("/api/ws", _bound(_ws, double))
     app.router.add_route("*", "/{tail:.*}", anything)
     return app
 
@@ -196,10 +204,10 @@ def agent_double_app(double: Double) -> web.Application:
     app = web.Application(client_max_size=BIG)
     app.router.add_get("/slow", slow)
     app.router.add_get("/redirect", redirect)
-    app.router.add_post("/upload", lambda r: _upload(double, r))
-    app.router.add_get("/download", lambda r: _download(double, r))
-    app.router.add_get("/events", lambda r: _sse(double, r))
-    app.router.add_get("/ws", lambda r: _ws(double, r))
+    app.router.add_post("/upload", _bound(_upload, double))
+    app.router.add_get("/download", _bound(_download, double))
+    app.router.add_get("/events", _bound(_sse, double))
+    app.router.add_get("/ws", _bound(_ws, double))
     app.router.add_route("*", "/{tail:.*}", anything)
     return app
 
@@ -242,6 +250,7 @@ class Stack:
         self._runners: list[web.AppRunner] = []
         self.config = HiveConfig()
         self.port = 0
+        self.csrf = ""  # the CSRF token of the last login
 
     @property
     def origin(self) -> str:
@@ -334,6 +343,7 @@ class Stack:
             assert resp.status == 303, await resp.text()
         for cookie in client.cookie_jar:
             if cookie.key == CSRF_COOKIE:
+                self.csrf = cookie.value
                 return cookie.value
         raise AssertionError("no CSRF cookie after login")
 
