@@ -134,6 +134,7 @@ class RoleGraph:
     def __init__(self, links: Iterable[RoleLink]) -> None:
         self.links = tuple(links)
         self._edges: dict[str, list[RoleLink]] = {}
+        self._closures: dict[str, dict[str, SourceLine]] = {}
         for link in self.links:
             self._edges.setdefault(link.member, []).append(link)
 
@@ -185,7 +186,10 @@ class RoleGraph:
 
     def closure(self, member: str) -> dict[str, SourceLine]:
         """Every role ``member`` reaches through g lines, each with the first link that
-        grants it on a shortest path (for explanations)."""
+        grants it on a shortest path (for explanations). Cached: do not mutate."""
+        cached = self._closures.get(member)
+        if cached is not None:
+            return cached
         out: dict[str, SourceLine] = {}
         frontier = [member]
         while frontier:
@@ -196,6 +200,7 @@ class RoleGraph:
                         out[link.role] = link.src
                         nxt.append(link.role)
             frontier = nxt
+        self._closures[member] = out
         return out
 
     def subjects_of(self, principal: str) -> dict[str, SourceLine | None]:
