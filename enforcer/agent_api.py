@@ -36,7 +36,9 @@ from enforcer.openapi import ApiRoute
 from enforcer.transport import agent_principal
 
 __all__ = [
+    "ID_PATTERN",
     "ROUTES",
+    "STATE_PATH_PATTERN",
     "TITLE",
     "create_agent_app",
     "list_state",
@@ -47,6 +49,10 @@ __all__ = [
 
 TITLE = "hive-boundary agent API"
 ID_PATTERN = r"[0-9]{1,12}"
+# The state paths the OpenAPI documents promise (the check itself is
+# confined.split_rel_path plus the raw-path check; this is a safe subset).
+_SEG = r"[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,254}"
+STATE_PATH_PATTERN = rf"{_SEG}(/{_SEG}){{0,31}}"
 _ID = re.compile(ID_PATTERN)
 MAX_LISTED = 1000
 
@@ -311,7 +317,7 @@ def _res_state(request: web.Request) -> str:
 
 
 _ID_PARAM = {"id": ID_PATTERN}
-_PATH_PARAM = {"path": r"[^/\x00]+(/[^/\x00]+)*"}
+_PATH_PARAM = {"path": STATE_PATH_PATTERN}
 
 ROUTES: tuple[ApiRoute, ...] = (
     ApiRoute("GET", "/v1/whoami", "agent.whoami", _res(), whoami, "Which agent am I"),

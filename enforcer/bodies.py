@@ -178,8 +178,8 @@ def _field_schema(spec: Field) -> dict[str, Any]:
             out["minLength"] = spec.min_len
         if spec.enum is not None:
             out["enum"] = list(spec.enum)
-        if spec.pattern is not None:
-            out["pattern"] = f"^(?:{spec.pattern})$"
+        # Strings never carry NUL (refused by _check_str): say so in the schema.
+        out["pattern"] = f"^(?:{spec.pattern})$" if spec.pattern is not None else r"^[^\u0000]*$"
     elif spec.kind in {"int", "number"}:
         out = {"type": "integer" if spec.kind == "int" else "number"}
         if spec.minimum is not None:
@@ -192,7 +192,7 @@ def _field_schema(spec: Field) -> dict[str, Any]:
         out = {
             "type": "array",
             "maxItems": spec.max_items,
-            "items": {"type": "string", "maxLength": spec.max_len},
+            "items": {"type": "string", "maxLength": spec.max_len, "pattern": r"^[^\u0000]*$"},
         }
     if spec.description:
         out["description"] = spec.description

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from enforcer.agent_api import ID_PATTERN, list_state, parse_id, read_state
+from enforcer.agent_api import ID_PATTERN, STATE_PATH_PATTERN, list_state, parse_id, read_state
 from enforcer.bodies import Field, Schema, parse_body, parse_query
 from enforcer.confined import split_rel_path
 from enforcer.corestate import CORE, CoreState
@@ -362,7 +362,7 @@ def _id_res(kind: str) -> Any:
 
 _N = {"name": AGENT_NAME}
 _NI = {"id": ID_PATTERN}
-_NP = {"name": AGENT_NAME, "path": r"[^/\x00]+(/[^/\x00]+)*"}
+_NP = {"name": AGENT_NAME, "path": STATE_PATH_PATTERN}
 _CONFLICT = {409: "conflicts with the current state"}
 
 ROUTES: tuple[ApiRoute, ...] = (

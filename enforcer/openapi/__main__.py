@@ -43,8 +43,8 @@ def main(argv: list[str]) -> int:
                 stale.append(str(path))
         else:
             path.write_text(text, encoding="utf-8")
-    for path in stale:
-        print(f"stale: {path} (run python -m enforcer.openapi)", file=sys.stderr)
+    for name in stale:
+        print(f"stale: {name} (run python -m enforcer.openapi)", file=sys.stderr)
     return 1 if stale else 0
 
 
