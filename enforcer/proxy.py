@@ -36,6 +36,7 @@ from enforcer.errors import HiveError
 
 __all__ = [
     "HOP_BY_HOP",
+    "SMALL_BODY",
     "UpstreamError",
     "UpstreamTimeout",
     "UpstreamUnreachable",
@@ -76,7 +77,8 @@ _WEBSOCKET_HANDSHAKE = frozenset(
 )
 _SPOOFABLE_EXACT = frozenset({"forwarded", "x-real-ip"})
 _SPOOFABLE_PREFIXES = ("x-hive-", "x-forwarded-")
-_CHUNK = 64 * 1024
+SMALL_BODY = 16 * 1024
+"""Bodies up to this size with a known length are sent with their headers in one write."""
 
 
 class UpstreamError(HiveError):
@@ -224,8 +226,27 @@ async def forward_http(
     except aiohttp.ClientError as e:
         raise UpstreamError("the upstream failed") from e
     try:
+        headers_out = filter_response_headers(upstream.headers, drop=response_drop)
+        length = upstream.content_length
+        if length is not None and length <= SMALL_BODY and request.method != "HEAD":
+            # A small body of known length is read and sent with its headers
+            # in one write: bounded by SMALL_BODY, so nothing large is held.
+            try:
+                data = await upstream.content.readexactly(length)
+            except TimeoutError as e:
+                raise UpstreamTimeout("the upstream did not answer in time") from e
+            except (asyncio.IncompleteReadError, aiohttp.ClientError) as e:
+                raise UpstreamError("the upstream's answer was cut short") from e
+            headers_out.popall("Content-Length", None)
+            small = web.Response(
+                body=data, status=upstream.status, reason=upstream.reason, headers=headers_out
+            )
+            # web.Response would add a default Content-Type; keep the upstream's (or none).
+            if "Content-Type" not in upstream.headers:
+                small.headers.popall("Content-Type", None)
+            return small
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        response.headers.extend(filter_response_headers(upstream.headers, drop=response_drop))
+        response.headers.extend(headers_out)
         await response.prepare(request)
         try:
             if request.method != "HEAD":
