@@ -47,7 +47,7 @@ class CompiledIndex:
         self.catalogue = catalogue
         self.revision = revision
         self._deny = Decision(False, None, "no policy line allows this request", revision)
-        self._allow: dict[tuple[int, str], Decision] = {}
+        self._allow: dict[int, Decision] = {}
         self._by_subject: dict[str, list[Grant]] = {}
         for g in self.grants:
             self._by_subject.setdefault(g.sub, []).append(g)
@@ -69,12 +69,12 @@ class CompiledIndex:
         hits.sort(key=lambda g: g.src.line)
         return hits
 
-    def _decision(self, g: Grant, resource: str) -> Decision:
-        key = (g.src.line, resource)
-        d = self._allow.get(key)
+    def _decision(self, g: Grant) -> Decision:
+        # one shared allow-Decision per line: no allocation on the hot path
+        d = self._allow.get(g.src.line)
         if d is None:
             d = Decision(True, g.src, f"allowed by {g.src}", self.revision)
-            self._allow[key] = d
+            self._allow[g.src.line] = d
         return d
 
     def _build(self, grants: Iterable[Grant], name: str | None) -> Table:
@@ -87,7 +87,8 @@ class CompiledIndex:
                 obj = obj.replace(SELF, name)
             prefix = obj.endswith("*")
             literal = obj[:-1] if prefix else obj
-            acc.setdefault((g.chan, g.act), []).append((prefix, literal, self._decision(g, obj)))
+            entry = (prefix, literal, self._decision(g))
+            acc.setdefault((g.chan, g.act), []).append(entry)
         return {k: tuple(v) for k, v in acc.items()}
 
     def _table(self, principal: str, name: str | None) -> Table:
