@@ -164,9 +164,11 @@ def _wait_seconds(request: web.Request) -> float:
 async def whoami(request: web.Request) -> web.Response:
     """Which agent this socket speaks for."""
     me = _me(request)
-    core = _core(request)
-    record = core.db.agent(me)
-    return web.json_response({"agent": me, "principal": f"agent:{me}", "uid": record.uid})
+    # The transport already confirmed this uid (SO_PEERCRED): no store read needed.
+    binding = _core(request).registry.agent(me)
+    if binding is None:
+        raise NotFound(f"no agent {me!r}")
+    return web.json_response({"agent": me, "principal": f"agent:{me}", "uid": binding.uid})
 
 
 _ASK = Schema(

@@ -182,3 +182,10 @@ def run(config: HiveConfig | argparse.Namespace) -> int:
 
     asyncio.run(main())
     return 0
+
+
+if __name__ == "__main__":
+    # `python -m enforcer.core --config F`: the same as `hive-boundary core`.
+    _parser = argparse.ArgumentParser(prog="hive-boundary core")
+    add_arguments(_parser)
+    sys.exit(run(_parser.parse_args()))

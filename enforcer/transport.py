@@ -22,6 +22,7 @@ import os
 import secrets
 import socket
 import struct
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,15 +56,27 @@ class PeerCredentials:
     gid: int
 
 
+# SO_PEERCRED is fixed when the peer connects, so it is read once per
+# connection (keyed weakly by the transport, gone with the connection).
+_PEERS: weakref.WeakKeyDictionary[object, PeerCredentials] = weakref.WeakKeyDictionary()
+
+
 def peer_credentials(request: web.BaseRequest) -> PeerCredentials:
     """``SO_PEERCRED`` of the request's connection (:class:`Forbidden` if unavailable)."""
     transport = request.transport
-    sock = transport.get_extra_info("socket") if transport is not None else None
+    if transport is None:
+        raise Forbidden("peer credentials are unavailable on this connection")
+    cached = _PEERS.get(transport)
+    if cached is not None:
+        return cached
+    sock = transport.get_extra_info("socket")
     if sock is None or sock.family != socket.AF_UNIX:
         raise Forbidden("peer credentials are unavailable on this connection")
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     pid, uid, gid = _UCRED.unpack(raw)
-    return PeerCredentials(pid, uid, gid)
+    peer = PeerCredentials(pid, uid, gid)
+    _PEERS[transport] = peer
+    return peer
 
 
 def _sockname(request: web.BaseRequest) -> str | None:
@@ -89,14 +102,23 @@ class AgentRegistry:
 
     def __init__(self) -> None:
         self._by_path: dict[str, AgentBinding] = {}
+        self._by_name: dict[str, AgentBinding] = {}
 
     def add(self, path: str, name: str, uid: int) -> None:
         """Map ``path`` to agent ``name`` with ``uid``."""
-        self._by_path[path] = AgentBinding(name, uid)
+        binding = AgentBinding(name, uid)
+        self._by_path[path] = binding
+        self._by_name[name] = binding
 
     def remove(self, path: str) -> None:
         """Forget ``path``; connections still open on it are refused from now on."""
-        self._by_path.pop(path, None)
+        binding = self._by_path.pop(path, None)
+        if binding is not None:
+            self._by_name.pop(binding.name, None)
+
+    def agent(self, name: str) -> AgentBinding | None:
+        """The live binding of agent ``name``, if it has a socket."""
+        return self._by_name.get(name)
 
     def lookup(self, path: str) -> AgentBinding | None:
         """The agent of the socket at ``path``, if any."""

@@ -157,7 +157,7 @@ class CoreProcess:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "enforcer.cli", "core", "--config", str(self.config_file)],
+            [sys.executable, "-m", "enforcer.core", "--config", str(self.config_file)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
