@@ -41,6 +41,7 @@ from enforcer.transport import (
     bind_unix_socket,
     core_principal,
 )
+from webui import pages as webui_pages
 
 __all__ = ["add_arguments", "create_app", "run", "serve"]
 
@@ -86,6 +87,9 @@ def create_app(
         authz.bind(
             app, route.method, route.path, handler, action=route.action, resource=route.resource
         )
+    # The operator's pages (webui): rendered here, the trusted side, and reached
+    # through the gateway like the API; every page route is bound through authz.
+    webui_pages.setup(app)
     app.on_startup.append(authz.startup_check(engine=core.engine, channel="gateway"))
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_agent_sockets_ctx)
