@@ -35,6 +35,7 @@ space ``/agent/<name>/...`` (:func:`agent_target`) and agent names.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -189,11 +190,13 @@ def _query_problem(query: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_target(raw: str) -> Target:
     """Split and check a raw origin-form request target (``/path[?query]``).
 
     Raises :class:`PathRejected` / :class:`PathTooLong`; absolute-form and
-    asterisk-form targets are refused (this is not a forward proxy).
+    asterisk-form targets are refused (this is not a forward proxy). Pure, so
+    accepted targets are cached (a request is checked by several layers).
     """
     if len(raw) > MAX_TARGET_LENGTH:
         raise PathTooLong(f"the request target is longer than {MAX_TARGET_LENGTH} characters")
