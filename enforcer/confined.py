@@ -113,6 +113,8 @@ def open_root_dir(path: Path) -> int:
     try:
         return os.open(path, _DIR_FLAGS)
     except OSError as e:
+        if e.errno == errno.ENOTDIR and path.is_symlink():
+            raise ConfinementError("state directory: symbolic links are refused") from e
         raise _os_error(e, "state directory") from e
 
 
@@ -130,6 +132,7 @@ def open_dir_confined(root_fd: int, parts: tuple[str, ...], *, create: bool = Fa
     With ``create``, missing directories are made (mode 0o750 before umask).
     """
     fd = os.dup(root_fd)
+    part = "."
     try:
         for part in parts:
             try:
@@ -144,8 +147,14 @@ def open_dir_confined(root_fd: int, parts: tuple[str, ...], *, create: bool = Fa
             fd = nxt
         return fd
     except OSError as e:
+        err = _os_error(e, "/".join(parts) or ".")
+        if e.errno == errno.ENOTDIR:
+            # O_DIRECTORY|O_NOFOLLOW on a symlink reports ENOTDIR: say which.
+            with contextlib.suppress(OSError):
+                if stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode):
+                    err = ConfinementError(f"{'/'.join(parts)}: symbolic links are refused")
         os.close(fd)
-        raise _os_error(e, "/".join(parts) or ".") from e
+        raise err from e
     except BaseException:
         os.close(fd)
         raise

@@ -12,14 +12,17 @@ import sys
 
 import pytest
 
-from enforcer.errors import BadRequest, NotFound
+from enforcer.errors import BadRequest, NotFound, Unavailable
 from enforcer.priv_client import PrivClient, exchange
 from enforcer.priv_protocol import MAX_REQUEST_BYTES
 from tests.priv.conftest import REPO, PrivEnv, run_as, throwaway_user
 
 
 def _raw(env: PrivEnv, payload: bytes) -> dict[str, object]:
-    line, fds = exchange(env.socket, payload, 30)
+    try:
+        line, fds = exchange(env.socket, payload, 30)
+    except Unavailable as e:
+        raise AssertionError(f"{e.reason}; hive-priv log:\n{env.log()}") from e
     assert fds == []
     reply: dict[str, object] = json.loads(line)
     return reply
