@@ -59,6 +59,10 @@ def _agent_json(core: CoreState, record: AgentRecord) -> dict[str, Any]:
     out = record.to_json()
     out["running"] = core.backend.status(record.name)
     out["socket"] = str(core.config.agent_socket(record.name))
+    # Where the gateway reaches the agent's own web UI (its registry reads this);
+    # a backend that knows (the container backend: the veth address) says so.
+    ui_url = getattr(core.backend, "ui_url", None)
+    out["ui_url"] = ui_url(record.name) if callable(ui_url) else None
     return out
 
 
