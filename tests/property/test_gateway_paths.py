@@ -30,7 +30,12 @@ PIECES = [
 @st.composite
 def raw_paths(draw: st.DrawFn, prefix: str = "") -> str:
     """Paths built from dangerous pieces: encodings, dot segments, slashes, unicode."""
-    parts = draw(st.lists(st.sampled_from(PIECES) | st.text(min_size=0, max_size=4), max_size=7))
+    # Mostly printable ASCII (what reaches the application), some raw
+    # controls and non-ASCII (what the HTTP parser or the path check refuses).
+    chars = st.characters(min_codepoint=0x20, max_codepoint=0x7E) | st.sampled_from(
+        "é日\x00\x1f\x7f\x80"
+    )
+    parts = draw(st.lists(st.sampled_from(PIECES) | st.text(chars, max_size=4), max_size=7))
     path = prefix + "/".join(parts)
     if not prefix and draw(st.booleans()):
         path = "/" + path
