@@ -80,11 +80,13 @@ def test_a_failing_expected_case_is_a_finding(tmp_path: Path) -> None:
 def test_untested_operator_actions_warn_and_fail_only_when_strict() -> None:
     code, report = audit_json("--policy", str(default_policy_dir()))
     coverage = check_of(report, "policy.coverage")
-    assert code == 0 and coverage["status"] == "warn"
+    assert code == 0
+    assert coverage["status"] == "warn"
     assert any("approval.deny" in n for n in coverage["notes"])
     code, report = audit_json("--policy", str(default_policy_dir()), "--strict-coverage")
     coverage = check_of(report, "policy.coverage")
-    assert code == 1 and coverage["status"] == "fail"
+    assert code == 1
+    assert coverage["status"] == "fail"
     assert any("approval.deny" in f["what"] for f in coverage["findings"])
 
 
@@ -102,7 +104,8 @@ def test_a_malformed_policy_is_a_finding_and_the_routes_are_still_judged(tmp_pat
 def test_an_unreadable_policy_directory_means_the_audit_could_not_run(tmp_path: Path) -> None:
     code, out, err = audit("--policy", str(tmp_path / "missing"))
     assert code == 2
-    assert "could not run" in err and "missing" in err
+    assert "could not run" in err
+    assert "missing" in err
     assert out == ""
 
 
@@ -114,7 +117,10 @@ def test_the_html_report_is_self_contained_with_the_matrix_grid(tmp_path: Path) 
     assert code == 1
     text = page.read_text()
     assert text.startswith("<!doctype html>")
-    assert 'class="grid"' in text and "question.answer" in text
+    assert 'class="grid"' in text
+    assert "question.answer" in text
     assert 'class="bad"' in text, "the flagged line's cells are marked"
     assert f"policy.csv:{n}" in text
-    assert "http://" not in text and "https://" not in text and "<script" not in text
+    assert "http://" not in text
+    assert "https://" not in text
+    assert "<script" not in text
