@@ -51,6 +51,7 @@ __all__ = [
 
 _SO_ACCEPTCON = 0x10000
 _TCP_LISTEN = "0A"
+_LISTEN_STATE = 10  # TCP_LISTEN, also for unix sockets in sock_diag
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,13 +142,50 @@ def _read(path: str) -> str:
 
 
 def unix_listeners(path: Path) -> set[int]:
-    """Inodes of the listening unix sockets bound at ``path`` (this network namespace)."""
+    """Socket inodes of the listening unix sockets whose file is ``path`` now.
+
+    Matched by the file's (device, inode) through ``sock_diag``
+    (``UDIAG_SHOW_VFS``), not by name: a daemon may bind under a temporary name
+    and rename the file into place (``enforcer.transport.bind_unix_socket``),
+    and ``/proc/net/unix`` keeps the name of the bind. Without ``sock_diag``,
+    falls back to that name.
+    """
+    try:
+        st = path.lstat()
+    except OSError:
+        return set()
+    if not stat.S_ISSOCK(st.st_mode):
+        return set()
+    try:
+        return _diag_listeners(st.st_dev, st.st_ino)
+    except (ImportError, OSError):
+        pass
     want = str(path)
     out: set[int] = set()
     for line in _read("/proc/net/unix").splitlines()[1:]:
         cols = line.split()
         if len(cols) >= 8 and cols[7] == want and int(cols[3], 16) & _SO_ACCEPTCON:
             out.add(int(cols[6]))
+    return out
+
+
+def _diag_listeners(dev: int, ino: int) -> set[int]:
+    import socket
+
+    from pyroute2 import DiagSocket
+    from pyroute2.netlink.diag import UDIAG_SHOW_VFS
+
+    # The kernel reports the device in its internal encoding (major << 20 | minor).
+    kdev = (os.major(dev) << 20) | os.minor(dev)
+    out: set[int] = set()
+    with DiagSocket() as ds:
+        ds.bind()
+        for msg in ds.get_sock_stats(
+            family=socket.AF_UNIX, states=1 << _LISTEN_STATE, show=UDIAG_SHOW_VFS
+        ):
+            vfs = msg.get_attr("UNIX_DIAG_VFS")
+            if vfs and vfs["udiag_vfs_ino"] == ino and vfs["udiag_vfs_dev"] == kdev:
+                out.add(int(msg["udiag_ino"]))
     return out
 
 
@@ -392,7 +430,9 @@ def _unprivileged(daemon: str, procs: tuple[ProcessFact, ...], listens: str) -> 
 
 
 def _activation_waiting(p: ProcessFact) -> bool:
-    return p.pid == 1 or p.comm == "systemd-socket-activate"
+    # comm is cut at 15 characters: look at argv[0] for the activator.
+    exe = Path(p.cmdline[0]).name if p.cmdline else p.comm
+    return p.pid == 1 or exe == "systemd-socket-activate"
 
 
 def judge_priv(procs: tuple[ProcessFact, ...], listens: str) -> Check:
