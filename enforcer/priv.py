@@ -62,6 +62,7 @@ from enforcer.priv_protocol import (
 __all__ = [
     "NotSocketActivated",
     "PrivServer",
+    "PrivStartupError",
     "add_arguments",
     "peer_credentials",
     "run",
@@ -83,6 +84,12 @@ class NotSocketActivated(HiveError):
     """hive-priv was started without a socket from systemd's activation protocol."""
 
     code = "not_socket_activated"
+
+
+class PrivStartupError(HiveError):
+    """hive-priv cannot start: no core user, no valid policy."""
+
+    code = "priv_startup"
 
 
 def take_activated_socket() -> socket.socket:
@@ -289,7 +296,7 @@ def _core_ids(config: HiveConfig, args: argparse.Namespace) -> tuple[int, int]:
         try:
             pw = pwd.getpwnam(config.core.user)
         except KeyError as e:
-            raise NotSocketActivated(
+            raise PrivStartupError(
                 f"core user {config.core.user!r} does not exist (run set-up, or pass --core-uid "
                 "and --core-gid)"
             ) from e
@@ -323,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
         engine = PolicyEngine(config.policy_dir)
         network = engine.current.network if engine.current is not None else None
         if network is None:
-            raise NotSocketActivated("no valid policy loaded: refusing to manage containers")
+            raise PrivStartupError("no valid policy loaded: refusing to manage containers")
         from netns.manager import NetnsManager
 
         manager = NetnsManager(
@@ -401,7 +408,7 @@ def spawn_socket_activated(
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             proc.wait()
-            raise NotSocketActivated(f"systemd-socket-activate did not bind {socket_path}")
+            raise PrivStartupError(f"systemd-socket-activate did not bind {socket_path}")
         time.sleep(0.01)
     os.chown(socket_path, 0, group_gid, follow_symlinks=False)
     os.chmod(socket_path, 0o660, follow_symlinks=False)
