@@ -161,6 +161,9 @@ _SESSION: web.RequestKey[Session] = web.RequestKey("gateway_session", Session)
 _SESSION_ID: web.RequestKey[str] = web.RequestKey("gateway_session_id", str)
 
 _AGENT_ROUTES = frozenset({"agent-ui", "agent-ui-slash"})
+# Marks a page the gateway rendered itself (the login form after a wrong token):
+# the pages middleware passes it through instead of replacing it by an error page.
+_OWN_PAGE: web.ResponseKey[bool] = web.ResponseKey("gateway_own_page", bool)
 
 
 # --- pages --------------------------------------------------------------------
@@ -196,6 +199,7 @@ def _page(title: str, body_html: str, *, status: int = 200) -> web.Response:
     )
     response = web.Response(text=text, status=status, content_type="text/html")
     response.headers["Content-Security-Policy"] = _GATEWAY_PAGE_CSP
+    response[_OWN_PAGE] = True
     return response
 
 
@@ -343,7 +347,7 @@ async def _principal_of(request: web.Request) -> str:
 async def _pages_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Outermost: turn gateway-made errors into pages (or API JSON); anonymous -> login."""
     response = await handler(request)
-    if response.prepared or response.status < 400:
+    if response.prepared or response.status < 400 or response.get(_OWN_PAGE, False):
         return response
     anonymous = request.get(authz.PRINCIPAL, "anonymous") == "anonymous"
     if response.status == 403 and anonymous and request.get(authz.DECISION) is None:
