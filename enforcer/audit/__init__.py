@@ -69,7 +69,7 @@ class AuditOptions:
     policy_dir: Path
     live: bool = False
     probe: bool = False
-    strict_coverage: bool = False
+    strict_coverage: bool = True
     net: NetOptions = field(default_factory=NetOptions)
 
 
@@ -205,9 +205,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.add_argument("--html", type=Path, metavar="FILE", help="write a self-contained HTML report")
     p.add_argument(
-        "--strict-coverage",
-        action="store_true",
-        help="untested operator-class actions are findings (default: a warning)",
+        "--lenient-coverage",
+        dest="strict_coverage",
+        action="store_false",
+        help="untested operator-class actions are only a warning (default: a finding)",
     )
     net = p.add_argument_group("network layer (--live/--probe)")
     net.add_argument("--table", default="hive", help="the nftables table (inet) hive-priv owns")

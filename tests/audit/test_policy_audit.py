@@ -77,17 +77,28 @@ def test_a_failing_expected_case_is_a_finding(tmp_path: Path) -> None:
     assert tests["findings"][0]["where"].startswith("tests.toml:")
 
 
-def test_untested_operator_actions_warn_and_fail_only_when_strict() -> None:
+def test_the_shipped_policy_tests_every_catalogue_action() -> None:
     code, report = audit_json("--policy", str(default_policy_dir()))
-    coverage = check_of(report, "policy.coverage")
     assert code == 0
-    assert coverage["status"] == "warn"
-    assert any("approval.deny" in n for n in coverage["notes"])
-    code, report = audit_json("--policy", str(default_policy_dir()), "--strict-coverage")
+    assert check_of(report, "policy.coverage")["status"] == "pass"
+
+
+def test_an_untested_operator_action_is_a_finding_unless_lenient(tmp_path: Path) -> None:
+    policy = policy_copy(tmp_path / "p")
+    cases = (policy / "tests.toml").read_text().split("[[case]]")
+    kept = [c for c in cases if 'action = "approval.deny"' not in c]
+    assert len(kept) < len(cases)
+    (policy / "tests.toml").write_text("[[case]]".join(kept))
+    code, report = audit_json("--policy", str(policy))
     coverage = check_of(report, "policy.coverage")
     assert code == 1
     assert coverage["status"] == "fail"
     assert any("approval.deny" in f["what"] for f in coverage["findings"])
+    code, report = audit_json("--policy", str(policy), "--lenient-coverage")
+    coverage = check_of(report, "policy.coverage")
+    assert code == 0
+    assert coverage["status"] == "warn"
+    assert any("approval.deny" in n for n in coverage["notes"])
 
 
 def test_a_malformed_policy_is_a_finding_and_the_routes_are_still_judged(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ def test_test_lists_cases_and_fails_on_a_failing_case(
 ) -> None:
     code, out = run(capsys, "test")
     assert code == 0
-    assert "14 passed, 0 failed" in out
+    assert "73 passed, 0 failed" in out
     csv = shipped_texts()["policy.csv"].replace(
         "p, role:operator, gateway, approval:*, approval.approve\n", ""
     )
@@ -60,7 +60,7 @@ def test_test_lists_cases_and_fails_on_a_failing_case(
     code, out = run(capsys, "test", str(tmp_path))
     assert code == 1
     assert "FAIL    tests.toml:12" in out
-    assert "13 passed, 1 failed" in out
+    assert "72 passed, 1 failed" in out
     code, out = run(capsys, "test", str(tmp_path), "--json")
     assert code == 1
     assert json.loads(out)["failed"] == 1
