@@ -5,7 +5,8 @@ A relative path is resolved one component at a time with ``openat``
 every component is opened with ``O_NOFOLLOW`` (a symlink anywhere is refused,
 not followed), directories additionally with ``O_DIRECTORY``, and the final
 file with ``O_NONBLOCK`` (a FIFO planted by the agent must not hang us) and
-then checked with ``fstat`` to be a regular file. ``..``, ``.``, empty
+then checked with ``fstat`` to be a regular file with one link (a hard link
+planted beneath the root may name a file outside it). ``..``, ``.``, empty
 components, absolute paths and NUL bytes are refused before any system call.
 
 Because each step is relative to a file descriptor we already hold, an agent
@@ -172,6 +173,11 @@ def read_confined(root_fd: int, rel_path: str, max_bytes: int = DEFAULT_MAX_BYTE
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ConfinementError(f"{rel_path}: not a regular file")
+        if st.st_nlink != 1:
+            # A hard link is a regular file beneath the root whose bytes may
+            # belong to a file outside it (planted by the agent, or by anyone
+            # where fs.protected_hardlinks is off): never read through one.
+            raise ConfinementError(f"{rel_path}: hard-linked files are refused")
         if st.st_size > max_bytes:
             raise PayloadTooLarge(f"{rel_path}: larger than {max_bytes} bytes")
         chunks: list[bytes] = []

@@ -17,6 +17,7 @@ on a running ``AppRunner``, without restarting anything.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -33,6 +34,7 @@ from aiohttp import web
 from enforcer.errors import Forbidden, NotFound
 
 __all__ = [
+    "MAX_AGENT_CONNECTIONS",
     "AgentRegistry",
     "AgentSites",
     "LocalSocketProvider",
@@ -222,6 +224,77 @@ class LocalSocketProvider:
             os.unlink(path)
 
 
+MAX_AGENT_CONNECTIONS = 64
+"""Connections one agent may hold open on its socket at once (long polls included).
+
+A connection accepted beyond this is closed at once. Without a cap, one agent
+holding idle connections exhausts the core's file descriptors, and then the
+gateway (``core.sock``) and every other agent are refused: one agent would
+take the operator's UI down.
+"""
+
+
+class _Counted(asyncio.Protocol):
+    """Delegates to aiohttp's request handler; leaves ``live`` when the connection ends."""
+
+    __slots__ = ("_inner", "_live")
+
+    def __init__(self, inner: asyncio.Protocol, live: set[object]) -> None:
+        self._inner = inner
+        self._live = live
+        live.add(self)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._live.discard(self)
+        self._inner.connection_lost(exc)
+
+
+class _Refused(asyncio.Protocol):
+    """Over the cap: close the connection before reading anything."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+class _CappedSockSite(web.SockSite):
+    """A ``SockSite`` that holds at most ``max_connections`` connections open."""
+
+    def __init__(self, runner: web.BaseRunner, sock: socket.socket, max_connections: int) -> None:
+        super().__init__(runner, sock)
+        self._max_connections = max_connections
+        self._live: set[object] = set()
+
+    def _protocol(self) -> asyncio.Protocol:
+        if len(self._live) >= self._max_connections:
+            return _Refused()
+        server = self._runner.server
+        assert server is not None
+        return _Counted(server(), self._live)
+
+    async def start(self) -> None:
+        # web.SockSite.start with our factory in place of the runner's server.
+        await web.BaseSite.start(self)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._protocol, sock=self._sock, backlog=self._backlog
+        )
+
+
 @dataclass(slots=True)
 class _Site:
     site: web.SockSite
@@ -257,7 +330,7 @@ class AgentSites:
         # sockname: the name the listener was bound under (which may be a
         # temporary name renamed into place, or hive-priv's path).
         self._registry.add(key, name, uid)
-        site = web.SockSite(self._runner, sock)
+        site = _CappedSockSite(self._runner, sock, MAX_AGENT_CONNECTIONS)
         try:
             await site.start()
         except BaseException:
