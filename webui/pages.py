@@ -249,10 +249,14 @@ async def audit_page(request: web.Request) -> web.Response:
     )
     if flt.decision not in _DECISION_VALUES:
         raise BadRequest("decision filter must be allow or deny")
+    limit_text = request.query.get("limit", "50")
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 1000:
+        raise BadRequest("limit must be 1-1000")
     ring = list(core.decisions)
     context = {
         "flt": flt,
-        "decisions": views.filter_decisions(ring, flt),
+        "decisions": views.filter_decisions(ring, flt, limit=int(limit_text)),
+        "limit": int(limit_text),
         "total": len(ring),
         "principals": sorted({str(e.get("principal")) for e in ring}),
         "actions": sorted({str(e.get("action")) for e in ring}),

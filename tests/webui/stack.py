@@ -121,7 +121,10 @@ class WebStack:
         app = create_app(self.config, backend=self.backend)
         runner = await serve(self.config, app)
         self.core = Core(self.config, app, runner)
-        self._gateway = web.AppRunner(create_gateway(self.config), access_log=None)
+        # Proxied event streams end only at their next write: do not wait for them.
+        self._gateway = web.AppRunner(
+            create_gateway(self.config), access_log=None, shutdown_timeout=1.0
+        )
         await self._gateway.setup()
         await web.TCPSite(self._gateway, "127.0.0.1", self.port).start()
 
