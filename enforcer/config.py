@@ -12,6 +12,7 @@ Example::
 
     [core]
     user = "hive-core"
+    backend = "priv"               # "local" (dev: child processes) | "priv" (hive-priv containers)
 
     [gateway]
     listen = "127.0.0.1:8080"
@@ -30,6 +31,7 @@ from typing import Any
 from enforcer.errors import BadRequest
 
 __all__ = [
+    "CORE_BACKENDS",
     "DEFAULT_CONFIG_PATH",
     "ConfigError",
     "CoreConfig",
@@ -40,6 +42,7 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG_PATH = Path("/etc/hive/hive.toml")
+CORE_BACKENDS = ("local", "priv")
 
 
 class ConfigError(BadRequest):
@@ -60,12 +63,21 @@ class CoreConfig:
     """The core daemon's settings."""
 
     user: str = "hive-core"
+    # Who runs agents and binds their sockets: "local" (the core itself, child
+    # processes; development) or "priv" (hive-priv containers over priv.sock).
+    backend: str = "local"
     # uid allowed to present the operator marker on core.sock (the gateway's);
     # None means "the uid of `GatewayConfig.user`", resolved at start-up.
     gateway_uid: int | None = None
     max_body_bytes: int = 1 << 20
     max_state_file_bytes: int = 4 << 20
     long_poll_max_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.backend not in CORE_BACKENDS:
+            raise ConfigError(
+                f"[core] backend must be one of {', '.join(CORE_BACKENDS)}, got {self.backend!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

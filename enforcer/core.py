@@ -57,9 +57,17 @@ def create_app(
     """The core's operator application; starting it also starts every agent socket.
 
     ``backend`` defaults to :class:`LocalProcessBackend`, ``provider`` to
-    :class:`LocalSocketProvider`; ``instrument`` wraps every handler of both
+    :class:`LocalSocketProvider` - or, with ``[core] backend = "priv"``, both to
+    hive-priv's (:mod:`enforcer.priv_backend`); ``instrument`` wraps every handler of both
     surfaces with its action name (metrics, and tests that count calls).
     """
+    if config.core.backend == "priv" and (backend is None or provider is None):
+        # Containers and agent sockets come from hive-priv (priv.sock).
+        from enforcer.priv_backend import priv_components
+
+        priv_backend, priv_provider = priv_components(config)
+        backend = backend or priv_backend
+        provider = provider or priv_provider
     core = CoreState(
         config=config,
         engine=engine or PolicyEngine(config.policy_dir),
