@@ -19,6 +19,7 @@ returned (every lifecycle call returns one).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from pathlib import Path
 from typing import Any
@@ -79,10 +80,8 @@ class PrivLifecycleBackend:
 
     async def destroy(self, agent: AgentRecord) -> None:
         """Remove the container: process, network, socket, directories (absent: no-op)."""
-        try:
+        with contextlib.suppress(NotFound):
             await self._client.container_destroy(agent.name)
-        except NotFound:
-            pass
         self._last.pop(agent.name, None)
 
     def status(self, name: str) -> str:
