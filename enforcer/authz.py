@@ -19,6 +19,7 @@ traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -32,7 +33,7 @@ from aiohttp.typedefs import Handler, Middleware
 from aiohttp.web_urldispatcher import PrefixedSubAppResource
 
 from enforcer import policy as _policy
-from enforcer.errors import BadRequest, HiveError, NotFound
+from enforcer.errors import BadRequest, HiveError, NotFound, Unavailable
 from enforcer.policy import AccessRequest, ActionSpec, AuthorityClass, Decision
 
 __all__ = [
@@ -364,14 +365,15 @@ def authorization_middleware(
             principal = await principal_of(request)
             path_check(request.raw_path)
         except HiveError as e:
-            _log.info(
-                "request.refused",
-                logger=_LOGGER,
-                channel=channel,
-                reason=e.reason,
-                status=e.status,
-                request_id=request_id,
-            )
+            with contextlib.suppress(OSError):  # refused either way, logged if the disk allows
+                _log.info(
+                    "request.refused",
+                    logger=_LOGGER,
+                    channel=channel,
+                    reason=e.reason,
+                    status=e.status,
+                    request_id=request_id,
+                )
             return _hive_error_response(e, request_id)
         request[PRINCIPAL] = principal
         binding = binding_for(request)
@@ -392,7 +394,13 @@ def authorization_middleware(
         access = AccessRequest(principal, channel, resource, binding.action)
         decision = engine.decide(access)
         event = decision_event(access, decision, request_id)
-        _log.info("decision", logger=_LOGGER, **event)
+        try:
+            _log.info("decision", logger=_LOGGER, **event)
+        except OSError as e:
+            # Every decision is logged or not made: with the log's disk full,
+            # the request is refused (503) before any handler runs.
+            reason = f"the decision log cannot be written: {e.strerror or e}"
+            return _hive_error_response(Unavailable(reason), request_id)
         if on_decision is not None:
             on_decision(event)
         if not decision.allowed:
@@ -424,5 +432,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise
     except Exception:
         request_id = request.get(REQUEST_ID)
-        _log.exception("handler.crashed", logger=_LOGGER, path=request.path, request_id=request_id)
+        with contextlib.suppress(OSError):  # a full log disk must not turn this into a bare 500
+            _log.exception(
+                "handler.crashed", logger=_LOGGER, path=request.path, request_id=request_id
+            )
         return json_error(500, "internal", "internal error", request_id=request_id)

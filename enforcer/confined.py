@@ -27,7 +27,14 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from enforcer.errors import BadRequest, Forbidden, HiveError, NotFound, PayloadTooLarge
+from enforcer.errors import (
+    BadRequest,
+    Forbidden,
+    HiveError,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+)
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -106,6 +113,9 @@ def _os_error(e: OSError, what: str) -> HiveError:
         return Forbidden(f"{what}: permission denied")
     if e.errno == errno.EISDIR:
         return BadRequest(f"{what}: is a directory")
+    if e.errno in {errno.ENOSPC, errno.EDQUOT}:
+        # The disk is full: refused, retry later (503), nothing half-written.
+        return Unavailable(f"{what}: no space left on device")
     return HiveError(f"{what}: {os.strerror(e.errno or 0)}")
 
 

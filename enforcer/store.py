@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from enforcer.errors import Conflict, NotFound
+from enforcer.errors import Conflict, NotFound, Unavailable
 
 __all__ = [
     "AgentRecord",
@@ -79,6 +79,9 @@ CREATE TABLE IF NOT EXISTS journal (
 );
 CREATE INDEX IF NOT EXISTS journal_agent ON journal(agent, id);
 """
+
+# SQLite primary result codes of a full or failing disk (SQLITE_IOERR, SQLITE_FULL).
+_STORAGE_ERRORS = frozenset({10, 13})
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,13 +234,21 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                # A failed COMMIT (disk full) may leave the transaction open.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as e:
+            # Disk full or failing: the write is refused whole (503), not a 500.
+            if getattr(e, "sqlite_errorcode", 0) & 0xFF in _STORAGE_ERRORS:
+                raise Unavailable(f"the database cannot be written: {e}") from e
             raise
-        self._db.execute("COMMIT")
 
     def _journal(self, db: sqlite3.Connection, agent: str, kind: str, **detail: Any) -> None:
         db.execute(
