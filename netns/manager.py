@@ -12,16 +12,22 @@ Order of :meth:`NetnsManager.up` (fail closed):
 Any failure after step 2 removes everything of the container again.
 
 The inventory (name -> slot, roles) is held in memory and in a small JSON
-file so that a restarted manager can reconcile the live table.
+file so that a restarted manager can reconcile the live table. Every
+operation holds an exclusive ``flock`` on ``<state>.lock`` and re-reads the
+file first: another manager on the same table (``hive-boundary netns
+reconcile`` next to hive-priv) never re-applies a table compiled from a stale
+inventory, which would strip a running container's isolation.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,8 +216,41 @@ class NetnsManager:
         self.state_path = state_path or Path("/run/hive") / f"netns-{table}.json"
         self.nft = Nft(table)
         self._lock = threading.RLock()
+        self._depth = 0  # nesting of _exclusive() in the thread holding _lock
         self._inv: dict[str, _Record] = {}
         self._load()
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the table and the inventory alone, across threads and processes.
+
+        On the outermost entry the inventory is re-read from the state file
+        (when it exists): another manager may have brought containers up or
+        down since we last looked.
+        """
+        with self._lock:
+            fd = -1
+            if self._depth == 0:
+                try:
+                    fd = os.open(
+                        self.state_path.with_suffix(".lock"),
+                        os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                        0o600,
+                    )
+                except OSError:
+                    fd = -1  # read-only run dir (an unprivileged audit): nobody writes there
+                if fd >= 0:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+            self._depth += 1
+            try:
+                if self._depth == 1 and self.state_path.exists():
+                    self._inv.clear()
+                    self._load()
+                yield
+            finally:
+                self._depth -= 1
+                if fd >= 0:
+                    os.close(fd)  # releases the flock
 
     # --- inventory ---------------------------------------------------------
 
@@ -291,13 +330,13 @@ class NetnsManager:
 
     def ensure_table(self) -> None:
         """Make sure the table exists (compiled from the current state) before any interface."""
-        with self._lock:
+        with self._exclusive():
             if not self.nft.exists():
                 self.nft.replace_table(self.compiled())
 
     def apply(self) -> None:
         """Replace the whole table with the compiled one (one atomic transaction)."""
-        with self._lock:
+        with self._exclusive():
             self.nft.replace_table(self.compiled())
 
     def reload_policy(self, policy: NetworkPolicy) -> None:
@@ -306,7 +345,7 @@ class NetnsManager:
         The addressing of running containers stays what it was: a new subnet
         applies to the containers created after a full restart.
         """
-        with self._lock:
+        with self._exclusive():
             old = self.policy
             self.policy = policy
             if (policy.ipv4, policy.ipv6) != (old.ipv4, old.ipv6) and self._inv:
@@ -347,7 +386,7 @@ class NetnsManager:
         """Create the container's network, isolated before its interface comes up."""
         if not _NAME.match(name):
             raise BadRequest(f"bad container name {name!r}")
-        with self._lock:
+        with self._exclusive():
             if name in self._inv:
                 raise Conflict(f"container {name!r} already has a network")
             ns = self.prefix + name
@@ -391,7 +430,7 @@ class NetnsManager:
 
     def down(self, name: str) -> None:
         """Remove everything of the container: links, namespace, set elements."""
-        with self._lock:
+        with self._exclusive():
             if name not in self._inv:
                 raise NotFound(f"no container {name!r} in the network inventory")
             self._teardown(name, self.entry(name))
@@ -399,13 +438,13 @@ class NetnsManager:
 
     def down_all(self) -> None:
         """Remove every container of the inventory (the table stays)."""
-        with self._lock:
+        with self._exclusive():
             for name in list(self._inv):
                 self.down(name)
 
     def destroy(self) -> None:
         """Remove every container and the table itself."""
-        with self._lock:
+        with self._exclusive():
             errors: list[str] = []
             for name in list(self._inv):
                 try:
@@ -415,6 +454,7 @@ class NetnsManager:
             self.nft.delete_table()
             if self.state_path.exists():
                 self.state_path.unlink()
+            self.state_path.with_suffix(".lock").unlink(missing_ok=True)
             if errors:
                 raise links.LinkError("; ".join(errors))
 
@@ -422,12 +462,12 @@ class NetnsManager:
 
     def drift(self) -> DriftReport:
         """Compare the live table with the compiled one (no changes)."""
-        with self._lock:
+        with self._exclusive():
             return compute_drift(self.table, self.compiled().normalised(), self.nft.live())
 
     def reconcile(self) -> DriftReport:
         """Report drift, then re-apply the whole table if there is any."""
-        with self._lock:
+        with self._exclusive():
             report = self.drift()
             if report.in_sync:
                 return report
@@ -441,7 +481,7 @@ class NetnsManager:
 
     def status(self) -> NetStatus:
         """Containers, whether each interface is up, and the drift."""
-        with self._lock:
+        with self._exclusive():
             containers = tuple(self.container(n) for n in sorted(self._inv))
             d = self.drift()
             return NetStatus(

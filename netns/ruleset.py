@@ -13,7 +13,9 @@ on how many containers run. Adding a container is adding set elements.
 What the table says (``C`` = any container interface, set ``cont_if``):
 
 - ``input``: from ``C`` only replies to connections the host opened
-  (established/related) and IPv6 neighbour discovery (hop limit 255, so it
+  (established/related, and only from the container the connection is
+  with: ``iifname . ct reply saddr`` in the anti-spoofing set) and IPv6
+  neighbour discovery (hop limit 255, so it
   is link-local by construction) are accepted; everything else from ``C`` to
   any host address is dropped. That covers the host side of the veth, other
   host interfaces, and 127.0.0.0/8 or ::1 reached through the veth when
@@ -21,7 +23,8 @@ What the table says (``C`` = any container interface, set ``cont_if``):
 - ``forward``: from ``C``: anything DNAT-ed (ports the host publishes),
   anything to another ``C``, and anything with a source address that is not
   the container's own (anti-spoofing via ``ifname . addr`` sets) is dropped;
-  established/related traffic of our containers passes; each egress entry
+  established/related traffic passes only for flows the container itself
+  opened (``ct original saddr`` is its address on that interface); each egress entry
   accepts new connections from the interfaces in its own set to its
   destinations and ports; everything else from or to ``C`` is dropped.
 - ``postrouting`` (nat): egress from ``C`` is masqueraded.
@@ -157,6 +160,12 @@ def _rule(chain: str, comment: str, *expr: JSON) -> RuleDef:
     return RuleDef(chain, json.dumps(list(expr), sort_keys=True), comment)
 
 
+def _owned(ifkey: str, direction: str, proto: str, src_set: str) -> JSON:
+    """``<ifkey> . ct <direction> <proto> saddr`` in ``src_set``: the flow is that container's."""
+    ct = {"ct": {"key": f"{proto} saddr", "dir": direction}}
+    return _match({"concat": [_meta(ifkey), ct]}, src_set)
+
+
 _FROM_C = _match(_meta("iifname"), "@cont_if")
 _TO_C = _match(_meta("oifname"), "@cont_if")
 _NOT_TO_C = _match(_meta("oifname"), "@cont_if", "!=")
@@ -221,11 +230,24 @@ def compile_ruleset(
         ChainDef("postrouting", "nat", "postrouting", 100),
     )
     rules: list[RuleDef] = [
+        # A reply is accepted only on the interface of the container the host
+        # opened the connection to: conntrack alone would accept a reply (or
+        # a "related" ICMP error) forged by one container for another
+        # container's or the outside's flow with the host.
         _rule(
             "input",
-            "replies to connections the host opened",
+            "replies to connections the host opened ipv4",
             _FROM_C,
             _ESTABLISHED,
+            _owned("iifname", "reply", "ip", "@cont_src4"),
+            {"accept": None},
+        ),
+        _rule(
+            "input",
+            "replies to connections the host opened ipv6",
+            _FROM_C,
+            _ESTABLISHED,
+            _owned("iifname", "reply", "ip6", "@cont_src6"),
             {"accept": None},
         ),
         _rule(
@@ -261,9 +283,30 @@ def compile_ruleset(
             _match({"concat": [_meta("iifname"), _payload("ip6", "saddr")]}, "@cont_src6", "!="),
             {"drop": None},
         ),
-        _rule("forward", "replies to allowed egress", _FROM_C, _ESTABLISHED, {"accept": None}),
-        _rule("forward", "replies to allowed egress", _TO_C, _ESTABLISHED, {"accept": None}),
     ]
+    # Established/related traffic passes only for the container that opened
+    # the connection (``ct original saddr`` is its own address): no forged
+    # "related" ICMP about another container's flow, nothing that entered
+    # while the table was missing.
+    for key, proto in (("4", "ip"), ("6", "ip6")):
+        rules += [
+            _rule(
+                "forward",
+                f"replies to allowed egress ipv{key}",
+                _FROM_C,
+                _ESTABLISHED,
+                _owned("iifname", "original", proto, f"@cont_src{key}"),
+                {"accept": None},
+            ),
+            _rule(
+                "forward",
+                f"replies to allowed egress ipv{key} (inbound)",
+                _TO_C,
+                _ESTABLISHED,
+                _owned("oifname", "original", proto, f"@cont_src{key}"),
+                {"accept": None},
+            ),
+        ]
     for rule in policy.egress:
         names = egress_set_names(rule)
         sets.append(SetDef(names["if"], "ifname", (), frozenset(elements[names["if"]])))
