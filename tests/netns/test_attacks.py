@@ -793,3 +793,34 @@ def test_drift_detection_sees_foreign_rules_policy_changes_and_unknown_elements(
     finally:
         m.reconcile()
     assert m.drift().in_sync
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known hole: conntrack keeps a flow the policy no longer grants (established "
+    "egress passes on ct state alone; nft cannot look up `ct original proto-dst` in a "
+    "set, and flushing conntrack on reload is not implemented)",
+)
+def test_revoking_an_egress_grant_stops_flows_already_open(lab: Lab) -> None:
+    m = lab.m
+    server = _socket_in(lab.prober.out_ns, socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind((lab.out4, 53))
+    server.settimeout(1.0)
+    client = _socket_in(lab.ns(lab.alpha), socket.AF_INET, socket.SOCK_DGRAM)
+    client.connect((lab.out4, 53))
+    old = m.policy
+    try:
+        client.send(b"granted")
+        _, frm = server.recvfrom(100)
+        server.sendto(b"answer", frm)  # the flow is now established
+        client.settimeout(1.0)
+        assert client.recv(100) == b"answer"
+        m.reload_policy(make_policy(lab.names))  # no egress at all
+        client.send(b"after revocation")
+        server.settimeout(WAIT)
+        with pytest.raises(TimeoutError):
+            server.recvfrom(100)
+    finally:
+        m.reload_policy(old)
+        client.close()
+        server.close()
