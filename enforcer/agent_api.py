@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import stat
@@ -168,7 +169,18 @@ async def whoami(request: web.Request) -> web.Response:
     binding = _core(request).registry.agent(me)
     if binding is None:
         raise NotFound(f"no agent {me!r}")
-    return web.json_response({"agent": me, "principal": f"agent:{me}", "uid": binding.uid})
+    # A constant per (agent, uid): rendered once, not per request.
+    key = (me, binding.uid)
+    body = _WHOAMI_BODIES.get(key)
+    if body is None:
+        if len(_WHOAMI_BODIES) >= 4096:
+            _WHOAMI_BODIES.clear()
+        body = json.dumps({"agent": me, "principal": f"agent:{me}", "uid": binding.uid}).encode()
+        _WHOAMI_BODIES[key] = body
+    return web.Response(body=body, content_type="application/json", charset="utf-8")
+
+
+_WHOAMI_BODIES: dict[tuple[str, int], bytes] = {}
 
 
 _ASK = Schema(
@@ -411,8 +423,8 @@ def create_agent_app(core: CoreState) -> web.Application:
     limits = core.config.core
     app = web.Application(
         client_max_size=max(limits.max_body_bytes, limits.max_state_file_bytes) + 1024,
+        # One middleware: authorisation, decision logging and error bodies.
         middlewares=[
-            authz.error_middleware,
             authz.authorization_middleware(
                 engine=core.engine,
                 channel="socket",

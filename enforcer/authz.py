@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -34,6 +35,7 @@ from aiohttp.web_urldispatcher import PrefixedSubAppResource
 
 from enforcer import policy as _policy
 from enforcer.errors import BadRequest, HiveError, NotFound, Unavailable
+from enforcer.log import log_decision
 from enforcer.policy import AccessRequest, ActionSpec, AuthorityClass, Decision
 
 __all__ = [
@@ -320,13 +322,16 @@ def _hive_error_response(error: HiveError, request_id: str | None) -> web.Respon
 
 # --- decisions -------------------------------------------------------------------
 
+# The policy engine's helper, looked up once (it returns a fresh dict each call).
+_policy_event: Callable[[AccessRequest, Decision, str], dict[str, Any]] | None = getattr(
+    _policy, "decision_event", None
+)
+
 
 def decision_event(req: AccessRequest, decision: Decision, request_id: str) -> dict[str, Any]:
     """The fields logged for one decision (the policy engine's helper when it has one)."""
-    helper = getattr(_policy, "decision_event", None)
-    if helper is not None and helper is not decision_event:
-        event: dict[str, Any] = dict(helper(req, decision, request_id))
-        return event
+    if _policy_event is not None:
+        return _policy_event(req, decision, request_id)
     rule = decision.rule
     return {
         "principal": req.principal,
@@ -341,74 +346,127 @@ def decision_event(req: AccessRequest, decision: Decision, request_id: str) -> d
     }
 
 
+def _request_ids() -> Callable[[], str]:
+    """Unique request ids: a random per-process prefix and a counter (no syscall per id)."""
+    prefix = secrets.token_hex(4)
+    counter = itertools.count()
+    return lambda: f"{prefix}{next(counter) & 0xFFFFFFFF:08x}"
+
+
+_new_request_id = _request_ids()
+_ACCEPTED_PATHS_LIMIT = 4096
+
+
 def authorization_middleware(
     *,
     engine: Decider,
     channel: str,
-    principal_of: Callable[[web.Request], Awaitable[str]],
+    principal_of: Callable[[web.Request], str | Awaitable[str]],
     path_check: Callable[[str], None] = check_raw_path,
     on_decision: DecisionSink | None = None,
 ) -> Middleware:
     """The default-deny authorisation middleware for one daemon (one channel).
 
     Per request, in this order: the principal from the transport
-    (``principal_of`` may raise a :class:`HiveError`, e.g. a peer-credential
-    refusal); the raw path check; the route's binding (none: 404, nothing
-    runs); the resource; the engine's decision, logged once; 403 on deny.
+    (``principal_of``, which may return the principal or an awaitable of it,
+    may raise a :class:`HiveError`, e.g. a peer-credential refusal); the raw
+    path check; the route's binding (none: 404, nothing runs); the resource;
+    the engine's decision, logged once; 403 on deny.
+
+    It is also the daemon's error middleware (see :func:`error_middleware`,
+    whose handling it includes): one middleware layer per request, not two.
     """
+    # Raw paths already found acceptable (pure check): bounded, restarted when full.
+    accepted: set[str] = set()
 
     @web.middleware
     async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
-        request_id = secrets.token_hex(8)
+        request_id = _new_request_id()
         request[REQUEST_ID] = request_id
         try:
-            principal = await principal_of(request)
-            path_check(request.raw_path)
-        except HiveError as e:
-            with contextlib.suppress(OSError):  # refused either way, logged if the disk allows
-                _log.info(
-                    "request.refused",
-                    logger=_LOGGER,
-                    channel=channel,
-                    reason=e.reason,
-                    status=e.status,
-                    request_id=request_id,
-                )
-            return _hive_error_response(e, request_id)
-        request[PRINCIPAL] = principal
-        binding = binding_for(request)
-        if binding is None:
-            exc = request.match_info.http_exception
-            if isinstance(exc, web.HTTPMethodNotAllowed):
-                resp = json_error(
-                    405, "method_not_allowed", "method not allowed", request_id=request_id
-                )
-                resp.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
-                return resp
-            return json_error(404, NotFound.code, "no such route", request_id=request_id)
-        try:
-            computed = binding.resource(request)
-            resource = computed if isinstance(computed, str) else await computed
-        except HiveError as e:
-            return _hive_error_response(e, request_id)
-        access = AccessRequest(principal, channel, resource, binding.action)
-        decision = engine.decide(access)
-        event = decision_event(access, decision, request_id)
-        try:
-            _log.info("decision", logger=_LOGGER, **event)
-        except OSError as e:
-            # Every decision is logged or not made: with the log's disk full,
-            # the request is refused (503) before any handler runs.
-            reason = f"the decision log cannot be written: {e.strerror or e}"
-            return _hive_error_response(Unavailable(reason), request_id)
-        if on_decision is not None:
-            on_decision(event)
-        if not decision.allowed:
-            return json_error(403, "forbidden", decision.reason, request_id=request_id)
-        request[DECISION] = decision
-        return await handler(request)
+            try:
+                found = principal_of(request)
+                principal = found if isinstance(found, str) else await found
+                raw_path = request.raw_path
+                if raw_path not in accepted:
+                    path_check(raw_path)
+                    if len(accepted) >= _ACCEPTED_PATHS_LIMIT:
+                        accepted.clear()
+                    accepted.add(raw_path)
+            except HiveError as e:
+                with contextlib.suppress(OSError):  # refused either way, logged if the disk allows
+                    _log.info(
+                        "request.refused",
+                        logger=_LOGGER,
+                        channel=channel,
+                        reason=e.reason,
+                        status=e.status,
+                        request_id=request_id,
+                    )
+                return _hive_error_response(e, request_id)
+            request[PRINCIPAL] = principal
+            binding = binding_for(request)
+            if binding is None:
+                exc = request.match_info.http_exception
+                if isinstance(exc, web.HTTPMethodNotAllowed):
+                    resp = json_error(
+                        405, "method_not_allowed", "method not allowed", request_id=request_id
+                    )
+                    resp.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+                    return resp
+                return json_error(404, NotFound.code, "no such route", request_id=request_id)
+            try:
+                computed = binding.resource(request)
+                resource = computed if isinstance(computed, str) else await computed
+            except HiveError as e:
+                return _hive_error_response(e, request_id)
+            access = AccessRequest(principal, channel, resource, binding.action)
+            decision = engine.decide(access)
+            event = decision_event(access, decision, request_id)
+            try:
+                log_decision(event, _LOGGER)
+            except OSError as e:
+                # Every decision is logged or not made: with the log's disk full,
+                # the request is refused (503) before any handler runs.
+                reason = f"the decision log cannot be written: {e.strerror or e}"
+                return _hive_error_response(Unavailable(reason), request_id)
+            if on_decision is not None:
+                on_decision(event)
+            if not decision.allowed:
+                return json_error(403, "forbidden", decision.reason, request_id=request_id)
+            request[DECISION] = decision
+            return await handler(request)
+        except Exception as e:  # HiveError, HTTP errors, crashes: as error_middleware does
+            return _error_response(request, e)
 
     return authorize
+
+
+def _error_response(request: web.Request, error: BaseException) -> web.StreamResponse:
+    """What :func:`error_middleware` answers for ``error`` (re-raised when not an error).
+
+    Called from an ``except`` block only."""
+    if isinstance(error, HiveError):
+        return _hive_error_response(error, request.get(REQUEST_ID))
+    if isinstance(error, web.HTTPException):
+        if error.status < 400:
+            raise error
+        request_id = request.get(REQUEST_ID)
+        code = re.sub(r"[^a-z0-9]+", "_", (error.reason or "error").lower()).strip("_")
+        text = error.text if error.text and not error.text.startswith(f"{error.status}:") else None
+        resp = json_error(
+            error.status, code or "error", text or error.reason or "error", request_id=request_id
+        )
+        if "Allow" in error.headers:
+            resp.headers["Allow"] = error.headers["Allow"]
+        return resp
+    if isinstance(error, asyncio.CancelledError | ConnectionResetError):
+        raise error
+    request_id = request.get(REQUEST_ID)
+    with contextlib.suppress(OSError):  # a full log disk must not turn this into a bare 500
+        # called from an except block: the traceback is the one being handled
+        _log.exception("handler.crashed", logger=_LOGGER, path=request.path, request_id=request_id)
+    return json_error(500, "internal", "internal error", request_id=request_id)
 
 
 @web.middleware
@@ -416,24 +474,5 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """HiveError -> its status + JSON; HTTP errors -> JSON; anything else -> 500 JSON, logged."""
     try:
         return await handler(request)
-    except HiveError as e:
-        return _hive_error_response(e, request.get(REQUEST_ID))
-    except web.HTTPException as e:
-        if e.status < 400:
-            raise
-        request_id = request.get(REQUEST_ID)
-        code = re.sub(r"[^a-z0-9]+", "_", (e.reason or "error").lower()).strip("_")
-        text = e.text if e.text and not e.text.startswith(f"{e.status}:") else e.reason
-        resp = json_error(e.status, code or "error", text or "error", request_id=request_id)
-        if "Allow" in e.headers:
-            resp.headers["Allow"] = e.headers["Allow"]
-        return resp
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception:
-        request_id = request.get(REQUEST_ID)
-        with contextlib.suppress(OSError):  # a full log disk must not turn this into a bare 500
-            _log.exception(
-                "handler.crashed", logger=_LOGGER, path=request.path, request_id=request_id
-            )
-        return json_error(500, "internal", "internal error", request_id=request_id)
+    except Exception as e:
+        return _error_response(request, e)

@@ -24,7 +24,7 @@ import secrets
 import socket
 import struct
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -130,10 +130,13 @@ class AgentRegistry:
         return len(self._by_path)
 
 
-def agent_principal(registry: AgentRegistry) -> Callable[[web.Request], Awaitable[str]]:
-    """The agent surface's ``principal_of``: ``agent:<name>`` of the accepting socket."""
+def agent_principal(registry: AgentRegistry) -> Callable[[web.Request], str]:
+    """The agent surface's ``principal_of``: ``agent:<name>`` of the accepting socket.
 
-    async def principal_of(request: web.Request) -> str:
+    Synchronous (nothing here waits): the middleware calls it without a coroutine.
+    """
+
+    def principal_of(request: web.Request) -> str:
         path = _sockname(request)
         agent = registry.lookup(path) if path is not None else None
         if agent is None:
@@ -152,10 +155,10 @@ def agent_principal(registry: AgentRegistry) -> Callable[[web.Request], Awaitabl
 OPERATOR_MARKER = "X-Hive-Principal"
 
 
-def core_principal(gateway_uid: int) -> Callable[[web.Request], Awaitable[str]]:
+def core_principal(gateway_uid: int) -> Callable[[web.Request], str]:
     """``core.sock``'s ``principal_of``: only the gateway's uid; operator only with its marker."""
 
-    async def principal_of(request: web.Request) -> str:
+    def principal_of(request: web.Request) -> str:
         peer = peer_credentials(request)
         if peer.uid != gateway_uid:
             raise Forbidden("core.sock accepts connections from the gateway only")
