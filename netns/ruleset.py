@@ -284,29 +284,24 @@ def compile_ruleset(
             {"drop": None},
         ),
     ]
-    # Established/related traffic passes only for the container that opened
-    # the connection (``ct original saddr`` is its own address): no forged
-    # "related" ICMP about another container's flow, nothing that entered
-    # while the table was missing.
+    # Packets a container sends are judged by the egress rules below on every
+    # packet, not only the first: there is no "established" shortcut out of a
+    # container, so revoking a grant (a reload, a removed element) stops a
+    # flow that is already open. Inbound, replies pass only for the container
+    # that opened the flow (``ct original saddr`` is its own address): no
+    # forged "related" ICMP about another container's flow, nothing that
+    # entered while the table was missing.
     for key, proto in (("4", "ip"), ("6", "ip6")):
-        rules += [
+        rules.append(
             _rule(
                 "forward",
                 f"replies to allowed egress ipv{key}",
-                _FROM_C,
-                _ESTABLISHED,
-                _owned("iifname", "original", proto, f"@cont_src{key}"),
-                {"accept": None},
-            ),
-            _rule(
-                "forward",
-                f"replies to allowed egress ipv{key} (inbound)",
                 _TO_C,
                 _ESTABLISHED,
                 _owned("oifname", "original", proto, f"@cont_src{key}"),
                 {"accept": None},
-            ),
-        ]
+            )
+        )
     for rule in policy.egress:
         names = egress_set_names(rule)
         sets.append(SetDef(names["if"], "ifname", (), frozenset(elements[names["if"]])))

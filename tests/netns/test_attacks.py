@@ -795,12 +795,6 @@ def test_drift_detection_sees_foreign_rules_policy_changes_and_unknown_elements(
     assert m.drift().in_sync
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known hole: conntrack keeps a flow the policy no longer grants (established "
-    "egress passes on ct state alone; nft cannot look up `ct original proto-dst` in a "
-    "set, and flushing conntrack on reload is not implemented)",
-)
 def test_revoking_an_egress_grant_stops_flows_already_open(lab: Lab) -> None:
     m = lab.m
     server = _socket_in(lab.prober.out_ns, socket.AF_INET, socket.SOCK_DGRAM)
