@@ -364,6 +364,7 @@ def authorization_middleware(
     principal_of: Callable[[web.Request], str | Awaitable[str]],
     path_check: Callable[[str], None] = check_raw_path,
     on_decision: DecisionSink | None = None,
+    guard: Callable[[web.Request], None] | None = None,
 ) -> Middleware:
     """The default-deny authorisation middleware for one daemon (one channel).
 
@@ -375,6 +376,8 @@ def authorization_middleware(
 
     It is also the daemon's error middleware (see :func:`error_middleware`,
     whose handling it includes): one middleware layer per request, not two.
+    ``guard``, when given, runs first of all (a daemon's own routing check; a
+    :class:`HiveError` it raises is answered as the error middleware would).
     """
     # Raw paths already found acceptable (pure check): bounded, restarted when full.
     accepted: set[str] = set()
@@ -384,6 +387,8 @@ def authorization_middleware(
         request_id = _new_request_id()
         request[REQUEST_ID] = request_id
         try:
+            if guard is not None:
+                guard(request)
             try:
                 found = principal_of(request)
                 principal = found if isinstance(found, str) else await found
