@@ -369,7 +369,7 @@ class Demo:
         """Root, the tools, the sample agent's interpreter."""
         if os.geteuid() != 0:
             raise DemoError("the demo needs root (it creates users, namespaces, nftables)")
-        for tool in ("systemd-socket-activate", "nft", "ip", "useradd"):
+        for tool in ("systemd-socket-activate", "setsid", "nft", "ip", "useradd"):
             if shutil.which(tool, path=self._env()["PATH"]) is None:
                 raise DemoError(f"{tool} is missing: run scripts/setup.sh (make demo does)")
         if not Path(self.opts.agent_python).is_file():
@@ -480,7 +480,11 @@ class Demo:
                 args,
                 group_gid=self.core_user.gid,
                 env={**self._env(), "HIVE_CONFIG": str(self.opts.config_path)},
-                executable=[sys.executable, "-m", "enforcer.cli"],
+                # setsid(1) (no fork: the activator is no group leader, so the pid
+                # and LISTEN_PID stay) puts hive-priv outside the terminal's process
+                # group: Ctrl-C reaches the demo, which destroys the containers
+                # through hive-priv before it stops hive-priv.
+                executable=["setsid", sys.executable, "-m", "enforcer.cli"],
                 stderr=log,
             )
         self._record_pids()
@@ -763,8 +767,10 @@ def run(args: argparse.Namespace) -> int:
     except HiveError as e:
         print(f"hive-boundary demo: {e.reason}", file=sys.stderr)
         return 2
-    # SIGTERM stops like Ctrl-C does.
+    # SIGTERM stops like Ctrl-C does; SIGINT explicitly, since a shell starts
+    # background jobs with it ignored.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     code = 0
     try:
         demo.start()
