@@ -33,10 +33,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from aiohttp.web_urldispatcher import PrefixedSubAppResource
 
-from enforcer import policy as _policy
 from enforcer.errors import BadRequest, HiveError, NotFound, Unavailable
 from enforcer.log import log_decision
-from enforcer.policy import AccessRequest, ActionSpec, AuthorityClass, Decision
+from enforcer.policy import AccessRequest, ActionSpec, AuthorityClass, Decision, decision_event
 
 __all__ = [
     "CHANNEL_CLASSES",
@@ -321,29 +320,6 @@ def _hive_error_response(error: HiveError, request_id: str | None) -> web.Respon
 
 
 # --- decisions -------------------------------------------------------------------
-
-# The policy engine's helper, looked up once (it returns a fresh dict each call).
-_policy_event: Callable[[AccessRequest, Decision, str], dict[str, Any]] | None = getattr(
-    _policy, "decision_event", None
-)
-
-
-def decision_event(req: AccessRequest, decision: Decision, request_id: str) -> dict[str, Any]:
-    """The fields logged for one decision (the policy engine's helper when it has one)."""
-    if _policy_event is not None:
-        return _policy_event(req, decision, request_id)
-    rule = decision.rule
-    return {
-        "principal": req.principal,
-        "channel": req.channel,
-        "resource": req.resource,
-        "action": req.action,
-        "decision": "allow" if decision.allowed else "deny",
-        "rule": f"{rule.file}:{rule.line}" if rule is not None else None,
-        "reason": decision.reason,
-        "revision": decision.revision,
-        "request_id": request_id,
-    }
 
 
 def _request_ids() -> Callable[[], str]:
