@@ -21,6 +21,7 @@ import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
@@ -30,14 +31,18 @@ from enforcer.errors import HiveError
 __all__ = [
     "IFNAMSIZ",
     "LinkError",
+    "LinkFacts",
     "Slot",
     "create_container_links",
     "host_ifname",
     "link_exists",
     "link_is_up",
+    "link_problems",
     "list_namespaces",
     "namespace_exists",
+    "read_link_facts",
     "remove_container_links",
+    "repair_container_links",
     "set_link_up",
     "slot_addresses",
     "write_sysctl",
@@ -187,3 +192,174 @@ def remove_container_links(ns: str, ifname: str) -> None:
     stale = NETNS_DIR / ns
     if stale.exists():
         os.unlink(stale)
+
+
+# --- drift of a container's links: facts (netlink), problems (pure), repair ---
+
+_IFF_UP = 0x1
+
+
+@dataclass(frozen=True, slots=True)
+class LinkFacts:
+    """What the kernel has of one container's links (read by :func:`read_link_facts`).
+
+    Addresses are ``"addr/prefixlen"``; ``routes`` are the gateways of the
+    default routes inside the namespace. ``paired`` says the namespace's
+    ``eth0`` and the host-side veth are the two ends of one veth pair.
+    """
+
+    namespace: bool
+    host_link: bool = False
+    host_veth: bool = False
+    host_up: bool = False
+    host_addrs: frozenset[str] = frozenset()
+    inner_link: bool = False
+    paired: bool = False
+    inner_up: bool = False
+    inner_addrs: frozenset[str] = frozenset()
+    lo_up: bool = False
+    routes: frozenset[str] = frozenset()
+
+
+def _addrs(ipr: Any, index: int) -> frozenset[str]:
+    return frozenset(
+        f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.addr("dump", index=index)
+    )
+
+
+def read_link_facts(ns: str, ifname: str) -> LinkFacts:
+    """Read (never change) the namespace, both veth ends, addresses and routes."""
+    host_idx, host_peer = 0, None
+    facts: dict[str, Any] = {"namespace": namespace_exists(ns)}
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if idx:
+            link = ipr.link("get", index=idx[0])[0]
+            info = link.get_attr("IFLA_LINKINFO")
+            host_idx, host_peer = idx[0], link.get_attr("IFLA_LINK")
+            facts.update(
+                host_link=True,
+                host_veth=info is not None and info.get_attr("IFLA_INFO_KIND") == "veth",
+                host_up=bool(link["flags"] & _IFF_UP),
+                host_addrs=_addrs(ipr, idx[0]),
+            )
+    if facts["namespace"]:
+        try:
+            with IPRoute(netns=ns, flags=0) as ipn:
+                for link in ipn.link("dump"):
+                    name = link.get_attr("IFLA_IFNAME")
+                    if name == "lo":
+                        facts["lo_up"] = bool(link["flags"] & _IFF_UP)
+                    elif name == "eth0":
+                        facts.update(
+                            inner_link=True,
+                            # Each end names the other's ifindex: a veth with our
+                            # name whose peer lives elsewhere is not ours.
+                            paired=bool(host_idx)
+                            and link.get_attr("IFLA_LINK") == host_idx
+                            and host_peer == link["index"],
+                            inner_up=bool(link["flags"] & _IFF_UP),
+                            inner_addrs=_addrs(ipn, link["index"]),
+                        )
+                facts["routes"] = frozenset(
+                    str(r.get_attr("RTA_GATEWAY"))
+                    for family in (2, 10)
+                    for r in ipn.route("dump", family=family)
+                    if r["dst_len"] == 0 and r.get_attr("RTA_GATEWAY")
+                )
+        except FileNotFoundError:
+            facts["namespace"] = False  # removed while we looked
+    return LinkFacts(**facts)
+
+
+def link_problems(facts: LinkFacts, ifname: str, slot: Slot) -> list[str]:
+    """Pure: every way ``facts`` differ from a healthy container on ``slot``."""
+    out: list[str] = []
+    if not facts.namespace:
+        out.append("namespace missing")
+    if not facts.host_link:
+        out.append(f"host veth {ifname} missing")
+    else:
+        if not facts.host_veth:
+            out.append(f"host link {ifname} is not a veth")
+        if not facts.host_up:
+            out.append(f"host veth {ifname} down")
+        for want in (f"{slot.host_ipv4}/30", f"{slot.host_ipv6}/126"):
+            if want not in facts.host_addrs:
+                out.append(f"host veth {ifname} lacks address {want}")
+    if not facts.namespace:
+        return out
+    if not facts.inner_link:
+        out.append("eth0 missing inside the namespace")
+    else:
+        if facts.host_link and not facts.paired:
+            out.append(f"eth0 inside is not the peer of {ifname}")
+        if not facts.inner_up:
+            out.append("eth0 inside down")
+        for want in (f"{slot.ipv4}/30", f"{slot.ipv6}/126"):
+            if want not in facts.inner_addrs:
+                out.append(f"eth0 inside lacks address {want}")
+    if not facts.lo_up:
+        out.append("lo inside down")
+    for gw in (str(slot.host_ipv4), str(slot.host_ipv6)):
+        if gw not in facts.routes:
+            out.append(f"default route via {gw} missing inside")
+    return out
+
+
+def repair_container_links(ns: str, ifname: str, slot: Slot) -> None:
+    """Re-create whatever of a container's links is missing; the host side stays as it is.
+
+    A namespace that is gone is created again; a veth pair that is gone, or
+    whose ends are not each other's peer, is replaced (host side DOWN, like
+    :func:`create_container_links`). Missing addresses and routes are added,
+    inner links brought up. The caller brings a re-made host side up once the
+    container's isolation is verified (fail closed).
+    """
+    facts = read_link_facts(ns, ifname)
+    if not facts.namespace:
+        # Whatever still carries our name belongs to a namespace we lost: drop it.
+        remove_container_links(ns, ifname)
+        create_container_links(ns, ifname, slot)
+        return
+    try:
+        if not (facts.host_link and facts.inner_link and facts.paired and facts.host_veth):
+            with IPRoute() as ipr:
+                idx = ipr.link_lookup(ifname=ifname)
+                if idx:
+                    ipr.link("del", index=idx[0])
+            with IPRoute(netns=ns, flags=0) as ipn:
+                inner = ipn.link_lookup(ifname="eth0")
+                if inner:
+                    ipn.link("del", index=inner[0])
+            peer_tmp = ifname[: IFNAMSIZ - 2] + "-i"
+            with IPRoute() as ipr:
+                ipr.link(
+                    "add", ifname=ifname, kind="veth", peer={"ifname": peer_tmp, "net_ns_fd": ns}
+                )
+            with IPRoute(netns=ns, flags=0) as ipn:
+                ipn.link("set", index=ipn.link_lookup(ifname=peer_tmp)[0], ifname="eth0")
+            facts = read_link_facts(ns, ifname)
+        with IPRoute() as ipr:
+            idx = ipr.link_lookup(ifname=ifname)[0]
+            for addr, plen, flags in (
+                (slot.host_ipv4, 30, 0),
+                (slot.host_ipv6, 126, IFA_F_NODAD),
+            ):
+                if f"{addr}/{plen}" not in facts.host_addrs:
+                    ipr.addr("add", index=idx, address=str(addr), prefixlen=plen, flags=flags)
+        with IPRoute(netns=ns, flags=0) as ipn:
+            ipn.link("set", index=ipn.link_lookup(ifname="lo")[0], state="up")
+            inner = ipn.link_lookup(ifname="eth0")[0]
+            for addr, plen, flags in ((slot.ipv4, 30, 0), (slot.ipv6, 126, IFA_F_NODAD)):
+                if f"{addr}/{plen}" not in facts.inner_addrs:
+                    ipn.addr("add", index=inner, address=str(addr), prefixlen=plen, flags=flags)
+            ipn.link("set", index=inner, state="up")
+            if str(slot.host_ipv4) not in facts.routes:
+                ipn.route("replace", dst="default", gateway=str(slot.host_ipv4))
+            if str(slot.host_ipv6) not in facts.routes:
+                ipn.route("replace", dst="default", gateway=str(slot.host_ipv6), family=10)
+        write_sysctl(f"net/ipv4/conf/{ifname}/forwarding", "1")
+        write_sysctl(f"net/ipv6/conf/{ifname}/force_forwarding", "1")
+    except (NetlinkError, OSError, IndexError) as e:
+        raise LinkError(f"cannot repair links of {ns}: {e}") from e

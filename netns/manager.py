@@ -73,7 +73,13 @@ class ContainerNet:
 
 @dataclass(frozen=True, slots=True)
 class DriftReport:
-    """Precise differences between the live table and the compiled one."""
+    """Precise differences between the live state and the desired one.
+
+    The table: the live nftables table vs the compiled one. ``links``: per
+    inventoried container, what its namespace, host-side veth, inner ``eth0``,
+    addresses and default routes lack (:func:`netns.links.link_problems`);
+    a container whose links are healthy has no entry.
+    """
 
     table: str
     table_missing: bool = False
@@ -84,11 +90,17 @@ class DriftReport:
     changed_sets: tuple[str, ...] = ()  # type or flags differ
     changed_chains: tuple[str, ...] = ()  # missing, extra or different hook/prio/policy
     changed_rules: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    links: dict[str, list[str]] = field(default_factory=dict)
     repaired: bool = False
 
     @property
     def in_sync(self) -> bool:
-        """No difference at all."""
+        """No difference at all: the table and every container's links."""
+        return self.table_in_sync and not self.links
+
+    @property
+    def table_in_sync(self) -> bool:
+        """The live table equals the compiled one (links not considered)."""
         return not (
             self.table_missing
             or self.missing_sets
@@ -103,7 +115,7 @@ class DriftReport:
     def lines(self) -> list[str]:
         """Human-readable, one difference per line."""
         if self.in_sync:
-            return [f"inet {self.table}: in sync"]
+            return [f"inet {self.table}: in sync"] + (["links: in sync"] if self.repaired else [])
         out: list[str] = []
         if self.table_missing:
             out.append(f"inet {self.table}: table missing")
@@ -118,8 +130,12 @@ class DriftReport:
         for c, d in sorted(self.changed_rules.items()):
             out += [f"chain {c}: missing rule {r!r}" for r in d.get("missing", [])]
             out += [f"chain {c}: unexpected rule {r!r}" for r in d.get("extra", [])]
-        if self.repaired:
+        for name, problems in sorted(self.links.items()):
+            out += [f"container {name}: {p}" for p in problems]
+        if self.repaired and not self.table_in_sync:
             out.append("re-applied: live table now equals the compiled one")
+        if self.repaired and self.links:
+            out.append(f"re-created: links of {', '.join(sorted(self.links))} (isolation first)")
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -397,6 +413,10 @@ class NetnsManager:
             self._inv[name] = _Record(self._free_slot(), tuple(sorted(set(principal_roles))))
             entry = self.entry(name)
             try:
+                # Recorded before anything is made: a process killed half-way
+                # leaves an inventory entry that down() removes whole, never
+                # an unrecorded namespace, veth or set element (an orphan).
+                self._save()
                 try:
                     self.add_isolation(entry)
                 except NftError:
@@ -407,14 +427,16 @@ class NetnsManager:
                 )
                 links.create_container_links(ns, ifname, slot)
                 # The whole table, not only our elements: rules flushed behind
-                # our back would leave the new interface unprotected.
-                if not self.drift().in_sync:
+                # our back would leave the new interface unprotected. (The
+                # table alone: this container's link is down on purpose.)
+                if not self._table_drift().table_in_sync:
                     self.apply()
-                if not self.drift().in_sync or not self._isolated(entry):
+                if not self._table_drift().table_in_sync or not self._isolated(entry):
                     raise NftError(f"isolation of {name!r} is not in the live table")
                 links.set_link_up(ifname)
             except BaseException:
                 self._teardown(name, entry)
+                self._save()
                 raise
             self._save()
             return self.container(name)
@@ -460,24 +482,61 @@ class NetnsManager:
 
     # --- reconcile / status ----------------------------------------------
 
+    def _table_drift(self) -> DriftReport:
+        return compute_drift(self.table, self.compiled().normalised(), self.nft.live())
+
+    def _link_drift(self) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for name in sorted(self._inv):
+            c = self.container(name)
+            slot = links.slot_addresses(self.policy.ipv4, self.policy.ipv6, self._inv[name].slot)
+            problems = links.link_problems(
+                links.read_link_facts(c.netns, c.host_ifname), c.host_ifname, slot
+            )
+            if problems:
+                found[name] = problems
+        return found
+
     def drift(self) -> DriftReport:
-        """Compare the live table with the compiled one (no changes)."""
+        """Compare the live table with the compiled one, and every container's links
+        with what its slot needs (no changes)."""
         with self._exclusive():
-            return compute_drift(self.table, self.compiled().normalised(), self.nft.live())
+            report = self._table_drift()
+            return DriftReport(**{**_fields(report), "links": self._link_drift()})
 
     def reconcile(self) -> DriftReport:
-        """Report drift, then re-apply the whole table if there is any."""
+        """Report drift, then repair it: the whole table re-applied if it differs, then
+        each drifted container's links re-created (isolation verified before a
+        re-made interface comes up).
+
+        A container whose namespace is gone gets a new, empty one with its
+        links on the same slot (its inventory entry, and so hive-priv's record,
+        stay valid); a process still in the lost namespace keeps no link to
+        the host - fail closed - until the container is restarted.
+        """
         with self._exclusive():
             report = self.drift()
             if report.in_sync:
                 return report
-            self.apply()
+            if not report.table_in_sync:
+                self.apply()
+            for name in report.links:
+                self._repair_links(name)
             after = self.drift()
             if not after.in_sync:
-                raise NftError(
-                    "re-applied the table but it still differs: " + "; ".join(after.lines())
-                )
+                raise NftError("repaired but still drifted: " + "; ".join(after.lines()))
             return DriftReport(**{**_fields(report), "repaired": True})
+
+    def _repair_links(self, name: str) -> None:
+        entry = self.entry(name)
+        c = self.container(name)
+        if not self._isolated(entry):
+            self.add_isolation(entry)
+        if not self._isolated(entry):
+            raise NftError(f"isolation of {name!r} is not in the live table: links left down")
+        slot = links.slot_addresses(self.policy.ipv4, self.policy.ipv6, self._inv[name].slot)
+        links.repair_container_links(c.netns, c.host_ifname, slot)
+        links.set_link_up(c.host_ifname)
 
     def status(self) -> NetStatus:
         """Containers, whether each interface is up, and the drift."""
