@@ -21,20 +21,20 @@ from enforcer.bodies import Field, Schema, parse_body, parse_query
 from enforcer.confined import split_rel_path
 from enforcer.corestate import CORE, CoreState
 from enforcer.errors import BadRequest, NotFound, Unavailable
+from enforcer.names import AGENT_NAME
 from enforcer.openapi import ApiRoute
 from enforcer.store import AgentRecord
 
 __all__ = ["AGENT_NAME", "ROUTES", "TITLE", "parse_agent_name", "register_agent"]
 
 TITLE = "hive-boundary operator API"
-AGENT_NAME = r"[a-z][a-z0-9-]{0,30}"
 _NAME = re.compile(AGENT_NAME)
 
 
 def parse_agent_name(text: str) -> str:
-    """An agent name (``[a-z][a-z0-9-]{0,30}``), else :class:`BadRequest`."""
+    """An agent name (:data:`enforcer.names.AGENT_NAME`), else :class:`BadRequest`."""
     if _NAME.fullmatch(text) is None:
-        raise BadRequest("bad agent name (expected [a-z][a-z0-9-]{0,30})")
+        raise BadRequest(f"bad agent name (expected {AGENT_NAME})")
     return text
 
 
@@ -82,7 +82,7 @@ async def list_agents(request: web.Request) -> web.Response:
 
 _REGISTER = Schema(
     {
-        "name": Field("str", pattern=AGENT_NAME, max_len=31, description="agent name"),
+        "name": Field("str", pattern=AGENT_NAME, max_len=25, description="agent name"),
         "uid": Field("int", minimum=0, maximum=2**31 - 2, description="the agent's uid"),
         "command": Field(
             "str_list", required=False, max_items=64, max_len=4096, description="argv to run"
@@ -214,7 +214,7 @@ def _lifecycle(verb: str) -> Any:
 _QUESTIONS = Schema(
     {
         "status": Field("str", required=False, enum=("open", "answered", "all")),
-        "agent": Field("str", required=False, pattern=AGENT_NAME, max_len=31),
+        "agent": Field("str", required=False, pattern=AGENT_NAME, max_len=25),
     }
 )
 
@@ -244,7 +244,7 @@ async def answer_question(request: web.Request) -> web.Response:
 _APPROVALS = Schema(
     {
         "status": Field("str", required=False, enum=("pending", "approved", "denied", "all")),
-        "agent": Field("str", required=False, pattern=AGENT_NAME, max_len=31),
+        "agent": Field("str", required=False, pattern=AGENT_NAME, max_len=25),
     }
 )
 

@@ -21,7 +21,6 @@ Responses::
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -36,6 +35,7 @@ from enforcer.errors import (
     Unauthorized,
     Unavailable,
 )
+from enforcer.names import AGENT_NAME_RE
 
 __all__ = [
     "AGENT_NAME",
@@ -72,7 +72,7 @@ MAX_ARG_BYTES = 4096
 
 # The same grammar as the policy's principals (`agent:<name>`), short enough
 # that `hive-a-<name>` is a valid system user name (32 bytes).
-AGENT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,24}$")
+AGENT_NAME = AGENT_NAME_RE
 
 
 class ProtocolError(BadRequest):

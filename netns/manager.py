@@ -24,7 +24,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from enforcer.errors import BadRequest, Conflict, HiveError, NotFound
+from enforcer.names import AGENT_NAME_RE
 from netns import links
 from netns.apply import Nft, NftError
 from netns.policy import NetworkPolicy
@@ -53,7 +53,7 @@ __all__ = [
     "compute_drift",
 ]
 
-_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+_NAME = AGENT_NAME_RE
 
 
 @dataclass(frozen=True, slots=True)

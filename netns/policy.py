@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from enforcer.errors import BadRequest
+from enforcer.names import AGENT_NAME
 
 __all__ = ["EgressRule", "NetworkPolicy", "NetworkPolicyError", "parse_network_policy"]
 
-_SUBJECT = re.compile(r"^(agent:[a-z][a-z0-9-]{0,30}|role:[a-z][a-z0-9-]{0,30})$")
+_SUBJECT = re.compile(rf"^(agent:{AGENT_NAME}|role:[a-z][a-z0-9-]{{0,30}})$")
 _PROTOCOLS = ("tcp", "udp")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

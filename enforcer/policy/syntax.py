@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from enforcer.names import AGENT_NAME
+
 __all__ = [
     "AGENT_PATTERN",
     "CHANNELS",
@@ -31,11 +33,11 @@ AGENT_PATTERN = "agent:*"
 SELF = "{self}"
 
 _NAME = r"[a-z][a-z0-9-]{0,30}"
-_AGENT = re.compile(rf"agent:({_NAME})")
+_AGENT = re.compile(rf"agent:({AGENT_NAME})")
 _ROLE = re.compile(rf"role:{_NAME}")
 _ACTION = re.compile(r"[a-z][a-z0-9-]*(\.[a-z][a-z0-9-]*)*")
 _RESOURCE_CHARS = re.compile(r"[A-Za-z0-9_.:/@+=-]*")
-_OWNER = re.compile(rf"agent:({_NAME})(?:/|$)")
+_OWNER = re.compile(rf"agent:({AGENT_NAME})(?:/|$)")
 
 
 def agent_name(principal: str) -> str | None:
