@@ -568,7 +568,10 @@ class NetnsBackend:
             self._drop_isolation(rec)
         self._remove_socket(rec)
         self._remove_dirs(rec)
-        if rec.user_created:
+        # uid -1: the user did not exist when this create began, so one that
+        # exists now is ours even if we were killed between useradd and
+        # recording user_created (remove_system_user is a no-op otherwise).
+        if rec.user_created or rec.uid == -1:
             remove_system_user(rec.user)
         self._records.pop(rec.name, None)
         self._save()
