@@ -115,7 +115,7 @@ class DriftReport:
     def lines(self) -> list[str]:
         """Human-readable, one difference per line."""
         if self.in_sync:
-            return [f"inet {self.table}: in sync"] + (["links: in sync"] if self.repaired else [])
+            return [f"inet {self.table}: in sync"]
         out: list[str] = []
         if self.table_missing:
             out.append(f"inet {self.table}: table missing")
