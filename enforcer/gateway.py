@@ -28,7 +28,7 @@ reaches the core's operator API: pages get a redirect to ``/login``, ``/api/``
 calls a 401. The only anonymous traffic to the core is ``/static/`` (public
 ``static.read``), sent without the operator marker.
 
-**State-changing requests** (POST/PUT/PATCH/DELETE) to the core, and logout,
+**State-changing requests** (every method but GET/HEAD/OPTIONS) to the core, and logout,
 also need the session's CSRF token (``X-CSRF-Token`` header, or a
 ``csrf_token`` field of a small ``application/x-www-form-urlencoded`` form,
 which is buffered up to :data:`FORM_LIMIT` for that and forwarded as read;
@@ -131,7 +131,10 @@ _GATEWAY_PAGE_CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
     "frame-ancestors 'self'; base-uri 'none'"
 )
-_STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Methods the core may receive without the CSRF token. Every other method -
+# POST/PUT/PATCH/DELETE and any extension method (PROPFIND, LOCK, ...) - needs
+# it: the list says what is safe, so an unforeseen method is guarded.
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Response headers an agent may not set on the operator's origin.
 _AGENT_RESPONSE_DROP = frozenset(
     {
@@ -144,6 +147,13 @@ _AGENT_RESPONSE_DROP = frozenset(
         "content-security-policy-report-only",
         "x-frame-options",
         "public-key-pins",
+        "public-key-pins-report-only",
+        "expect-ct",
+        # Alt-Svc points the browser's later requests for the whole origin
+        # (the operator's included) at another endpoint; Origin-Agent-Cluster
+        # changes how the whole origin is isolated.
+        "alt-svc",
+        "origin-agent-cluster",
     }
 )
 # Request headers that never leave the gateway.
@@ -540,7 +550,7 @@ async def _logout(request: web.Request) -> web.StreamResponse:
 
 async def _to_core(request: web.Request) -> web.StreamResponse:
     body: bytes | None = None
-    if request.method in _STATE_CHANGING:
+    if request.method not in _SAFE_METHODS:
         body = await _require_csrf(request)
     url = _core_url(request)
     headers = _core_headers(request)

@@ -226,6 +226,11 @@ async def forward_http(
     except aiohttp.ClientError as e:
         raise UpstreamError("the upstream failed") from e
     try:
+        if upstream.status < 200:
+            # A 1xx final answer (101 to a request that asked for no upgrade):
+            # passed on, it would leave the client's connection in an
+            # undefined state. WebSockets go through forward_websocket.
+            raise UpstreamError(f"the upstream answered {upstream.status} to a plain request")
         headers_out = filter_response_headers(upstream.headers, drop=response_drop)
         length = upstream.content_length
         if length is not None and length <= SMALL_BODY and request.method != "HEAD":
