@@ -271,7 +271,10 @@ def decode_request(line: bytes) -> PrivRequest:
         raise PayloadTooLarge(f"request longer than {MAX_REQUEST_BYTES} bytes")
     try:
         data = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:
+        # ValueError, not only JSONDecodeError: an integer literal over
+        # Python's digit limit raises a bare ValueError (and UnicodeDecodeError
+        # is one too) - a bad request, never an internal error.
         raise ProtocolError("request is not valid JSON") from e
     if not isinstance(data, dict):
         raise ProtocolError("request must be a JSON object")
