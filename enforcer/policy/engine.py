@@ -46,6 +46,32 @@ class ReloadResult:
     changed: bool = False
 
 
+def _check_catalogue_stays(live: Policy, new: Policy) -> None:
+    """Refuse a hot reload that removes or reclassifies a live action.
+
+    Every daemon checked its routes against the catalogue at start-up (an
+    agent socket serves only agent-self actions). Reclassifying an action, say
+    ``question.answer`` to agent-self, would bypass that check if it went live
+    without a restart, so such a change is refused here and takes a restart,
+    which checks the routes again. Adding actions is fine.
+    """
+    problems = []
+    for name, spec in live.catalogue.items():
+        now = new.catalogue.get(name)
+        if now is None:
+            problems.append(
+                f"catalogue.toml: action {name!r} was removed; removing an action "
+                "needs a restart of the daemons (their routes are checked at start-up)"
+            )
+        elif now.authority != spec.authority:
+            problems.append(
+                f"catalogue.toml: action {name!r} changed class from {spec.authority} to "
+                f"{now.authority}; reclassifying needs a restart (routes are re-checked)"
+            )
+    if problems:
+        raise PolicyError(problems[0], problems)
+
+
 class PolicyEngine:
     """The live policy the daemons decide with. Loads at construction (fails closed)."""
 
@@ -63,6 +89,8 @@ class PolicyEngine:
         with self._reload_lock:  # one reload at a time; decisions never wait on it
             try:
                 policy = load_policy(self.directory)
+                if self.current is not None:
+                    _check_catalogue_stays(self.current, policy)
             except PolicyError as e:
                 self.last_refusal = (time.time(), e.reason)
                 self._log.error(

@@ -93,3 +93,60 @@ def test_a_decision_event_has_every_field(tmp_path: Path) -> None:
     ev = decision_event(denied, engine.decide(denied), "req-2")
     assert ev["decision"] == "deny"
     assert ev["rule"] is None
+
+
+ANSWER_AS_AGENT = AccessRequest("agent:alpha", "socket", "question:1", "question.answer")
+
+
+def test_a_hot_reload_cannot_reclassify_an_operator_action_for_agents(tmp_path: Path) -> None:
+    # The attack: make question.answer "agent-self" in the catalogue and grant it
+    # to every agent on the socket. The new version is valid on its own, but
+    # going live without a restart would skip the daemons' route checks.
+    write_policy(tmp_path, shipped_texts())
+    engine = PolicyEngine(tmp_path)
+    live = engine.revision
+    texts = shipped_texts()
+    catalogue = texts["catalogue.toml"]
+    entry = catalogue.index('[action."question.answer"]')
+    catalogue = (
+        catalogue[:entry]
+        + catalogue[entry:].replace('class = "operator"', 'class = "agent-self"', 1)
+    ).replace('resource = "question:{id}"', 'resource = "agent:{self}/answers/{id}"', 1)
+    csv = texts["policy.csv"].replace(
+        "p, role:operator, gateway, question:*, question.answer\n",
+        "p, role:agent, socket, agent:{self}/answers/*, question.answer\n",
+    )
+    cases = [c for c in texts["tests.toml"].split("[[case]]") if "question.answer" not in c]
+    (tmp_path / "catalogue.toml").write_text(catalogue)
+    (tmp_path / "policy.csv").write_text(csv)
+    (tmp_path / "tests.toml").write_text("[[case]]".join(cases))
+    result = engine.reload()
+    assert not result.ok
+    assert "question.answer" in (result.error or "")
+    assert "changed class from operator to agent-self" in (result.error or "")
+    assert engine.revision == live
+    assert not engine.decide(
+        AccessRequest("agent:alpha", "socket", "agent:alpha/answers/1", "question.answer")
+    ).allowed
+    assert not engine.decide(ANSWER_AS_AGENT).allowed
+    # A fresh start (which re-checks every route) is where such a change belongs.
+    fresh = PolicyEngine(tmp_path)
+    assert fresh.current is not None
+
+
+def test_a_hot_reload_cannot_remove_a_live_action(tmp_path: Path) -> None:
+    write_policy(tmp_path, shipped_texts())
+    engine = PolicyEngine(tmp_path)
+    texts = shipped_texts()
+    catalogue = texts["catalogue.toml"]
+    start = catalogue.index('[action."audit.read"]')
+    end = catalogue.index("[action.", start + 5)
+    (tmp_path / "catalogue.toml").write_text(catalogue[:start] + catalogue[end:])
+    (tmp_path / "policy.csv").write_text(
+        texts["policy.csv"].replace("p, role:operator, gateway, audit, audit.read\n", "")
+    )
+    cases = [c for c in texts["tests.toml"].split("[[case]]") if "audit.read" not in c]
+    (tmp_path / "tests.toml").write_text("[[case]]".join(cases))
+    result = engine.reload()
+    assert not result.ok
+    assert "'audit.read' was removed" in (result.error or "")
