@@ -1,7 +1,8 @@
 """The gateway: the operator's one origin, and the only way any UI is reached.
 
 Routes (every one bound to a catalogue action through :mod:`enforcer.authz`,
-channel ``gateway``; the principal is ``operator`` with a valid session cookie,
+channel ``gateway``; the principal is ``operator`` with a valid session cookie
+- or, in one agent's space only, with a valid view capability for that agent -
 else ``anonymous``):
 
 =============================  =================  ===========================  ============
@@ -12,6 +13,7 @@ route                          action             resource                     g
 ``POST /logout``               ``session.logout`` ``session``                  end session
 ``GET /health``                ``health.read``    ``health``                   ``{"status": "ok"}``
 ``GET /static/<path>``         ``static.read``    ``static/<path>``            core, anonymous
+``* /agent/<name>/@<cap>/<r>`` ``agent.ui.view``  ``agent:<name>/ui``          the agent's UI
 ``* /agent/<name>/<rest>``     ``agent.ui.view``  ``agent:<name>/ui``          the agent's UI
 ``GET /agent/<name>``          ``agent.ui.view``  ``agent:<name>/ui``          308 to ``.../``
 ``* /<anything else>``         ``dashboard.view`` ``ui``                       core, operator
@@ -46,27 +48,89 @@ receives), and a request whose raw path is in the agent space
 (``/agent...``) must have matched an agent route, else 404 - it can never land
 on a core route.
 
+**Agent UIs in the operator's browser: view capabilities.** The per-agent
+page embeds ``/agent/<name>/`` in ``<iframe sandbox="allow-scripts
+allow-forms">`` and every agent response carries the sandbox CSP, so the
+agent's document is an *opaque origin*. Its first navigation is made by the
+same-origin parent and carries the session cookie (``SameSite=Strict``), but
+everything the document then asks for itself - scripts, styles, images,
+``fetch``, ``EventSource``, WebSockets, form posts, links - comes from that
+opaque origin, and the browser sends no ``SameSite=Strict`` cookie with it.
+So the cookie cannot be what lets an agent UI load its own assets. Instead:
+
+- A browser navigation (``Sec-Fetch-Mode: navigate``, GET/HEAD) into
+  ``/agent/<name>/...`` with the operator's session is answered ``303`` to
+  ``/agent/<name>/@<cap>/...`` (``Cache-Control: no-store``), where ``<cap>``
+  is the session's view capability for that agent
+  (:meth:`enforcer.sessions.SessionStore.view_capability`: the session's
+  random view id and an HMAC-SHA256, under a secret that lives only in this
+  gateway's memory, over ``(agent.ui.view, view id, name)``). The core's page
+  keeps ``src="/agent/<name>/"``: the capability never passes through the core.
+- A request whose path has the ``@`` slot is decided by the capability
+  alone (the cookie is ignored): valid for *this* name and a live session, it
+  is principal ``operator`` for ``agent.ui.view`` on ``agent:<name>/ui`` - the
+  only route such a path can match (the agent-space guard) and the only thing
+  it can do; anything else (forged, malformed, another agent's, a session
+  that ended by logout, expiry, eviction or a new login) is a ``403`` page,
+  never a login redirect. The gateway strips ``@<cap>`` before proxying and
+  sends ``X-Forwarded-Prefix: /agent/<name>/@<cap>``, so relative URLs and
+  base-path URLs keep working; ``Cookie`` and ``Authorization`` are never
+  forwarded, as for every agent request.
+- Every method is allowed with a capability (GET/HEAD, the UI's own form
+  posts and ``fetch`` calls, WebSockets). The CSRF rule protects the operator's
+  authority, which lives in the core; a request in the agent space never
+  reaches the core and carries no operator authority (no cookie, no
+  principal header, nothing the agent could not send to itself).
+- A capability response carries ``Access-Control-Allow-Origin: *`` (never
+  ``-Allow-Credentials``), and the gateway answers CORS preflights in that
+  space itself: the document's own ``fetch``/``EventSource`` to its own API
+  are cross-origin requests from an opaque origin and are unreadable without
+  it. This is the one exception to "no CORS anywhere"; it covers only content
+  the agent itself serves, readable by whoever holds that agent's capability.
+
+What the agent (or its page) gains by learning its capability - it sees it in
+``X-Forwarded-Prefix`` and in its own ``location`` -: viewing *its own* UI
+through the gateway while the operator's session lives, which it could
+already show to anyone, and which its page could already send anywhere. It
+does not open another agent's UI (the mac binds the name), any core route
+(a path with the slot only matches the agent route; ``..`` and encoded
+slashes are refused), the operator's session (the cookie stays ``HttpOnly``
+and ``SameSite=Strict`` and is never forwarded; the capability is not the
+session id and cannot be turned into it), or any state change (no operator
+action is reachable in the agent space). Agents cannot reach the gateway from
+their network namespaces at all. A capability dies with its session.
+
 **Headers.** Every client-sent ``X-Hive-*``, ``X-Forwarded-*``, ``Forwarded``,
 ``X-Real-IP`` and hop-by-hop header is dropped; ``Cookie``, ``Authorization``
 and ``X-CSRF-Token`` never leave the gateway. To the core the gateway adds
 ``X-Hive-Principal: operator`` (valid session only), ``X-Hive-Request-Id`` and
-``X-Hive-CSRF-Token``. To an agent UI it adds ``X-Forwarded-Prefix:
-/agent/<name>``, ``X-Forwarded-Proto``, ``X-Forwarded-Host`` and
-``X-Hive-Request-Id``; never the principal.
+``X-Hive-CSRF-Token``. To an agent UI it adds ``X-Forwarded-Prefix``
+(``/agent/<name>/@<cap>``, or ``/agent/<name>`` for a non-navigation request
+made with the operator's cookie, such as an operator's script or tool),
+``X-Forwarded-Proto``, ``X-Forwarded-Host`` and ``X-Hive-Request-Id``; never
+the principal.
 
 **For agent UI authors.** Your UI is served at ``/`` of your UI port; the
-operator sees it at ``/agent/<name>/`` (the gateway strips that prefix, and
-tells you it in ``X-Forwarded-Prefix``). Use relative links, or prefix absolute
-ones with ``X-Forwarded-Prefix``. Your pages run sandboxed
-(``Content-Security-Policy: sandbox allow-scripts allow-forms``, no
-``allow-same-origin``): scripts and forms work, cookies and storage do not
-(``Set-Cookie`` is dropped), and you never see the operator's cookies or
-credentials. WebSockets and server-sent events work; send something at least
-every ``idle_timeout`` seconds (default 30) or the stream is closed.
+operator sees it at ``/agent/<name>/@<cap>/`` (the gateway strips that
+prefix, and tells you it in ``X-Forwarded-Prefix``; it changes with every
+operator session). Use relative links (``app.js``, ``api/items``,
+``events``), or prefix absolute ones with ``X-Forwarded-Prefix`` - an
+absolute ``/agent/<name>/...`` without the capability is refused from inside
+the sandbox. No top-level path of your UI may start with ``@``. Your pages
+run sandboxed (``Content-Security-Policy: sandbox allow-scripts
+allow-forms``, no ``allow-same-origin``): scripts, styles, images, forms,
+``fetch`` and ``EventSource`` to your own space work (your responses get
+``Access-Control-Allow-Origin: *``; do not send credentials), cookies and
+storage do not (``Set-Cookie`` is dropped), and you never see the operator's
+cookies or credentials. Serve scripts and styles with their real
+``Content-Type`` (``nosniff``). WebSockets and server-sent events work; send
+something at least every ``idle_timeout`` seconds (default 30) or the stream
+is closed.
 
 **Errors.** Unknown agent 404, agent UI down 502, agent or core too slow 504,
 core down 503: a small HTML page (JSON for ``/api/``), no internals. No CORS
-headers anywhere: every ``Access-Control-*`` header from a backend is dropped.
+headers anywhere but the capability space above: every ``Access-Control-*``
+header from a backend is dropped.
 """
 
 from __future__ import annotations
@@ -75,6 +139,7 @@ import argparse
 import asyncio
 import html
 import json
+import re
 import ssl
 import sys
 import time
@@ -169,6 +234,16 @@ _REGISTRY: web.AppKey[AgentRegistry] = web.AppKey("gateway_registry")
 
 _SESSION: web.RequestKey[Session] = web.RequestKey("gateway_session", Session)
 _SESSION_ID: web.RequestKey[str] = web.RequestKey("gateway_session_id", str)
+
+# Set when a valid view capability (not the cookie) made this request the operator's.
+_VIEW: web.RequestKey[bool] = web.RequestKey("gateway_view", bool)
+_VIEW_REFUSED: web.RequestKey[bool] = web.RequestKey("gateway_view_refused", bool)
+# A CORS preflight the gateway answered in a capability space: the headers it allows.
+_PREFLIGHT: web.RequestKey[str] = web.RequestKey("gateway_preflight", str)
+_PREFLIGHT_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE"
+_HEADER_LIST = re.compile(
+    r"[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:[ \t]*,[ \t]*[!#$%&'*+.^_`|~0-9A-Za-z-]+)*"
+)
 
 _AGENT_ROUTES = frozenset({"agent-ui", "agent-ui-slash"})
 # Marks a page the gateway rendered itself (the login form after a wrong token):
@@ -342,8 +417,42 @@ def _tls(config: HiveConfig) -> bool:
     return config.gateway.tls_cert is not None and config.gateway.tls_key is not None
 
 
+class _ViewRefused(Forbidden):
+    """A view-capability path whose capability does not open this agent's UI."""
+
+    code = "bad_view_capability"
+
+
+def _view_principal(request: web.Request) -> str | None:
+    """The principal a view-capability path gives, or None when the path has no slot."""
+    raw = request.raw_path
+    if not raw.startswith("/agent/") or "/@" not in raw:
+        return None
+    agent = paths.agent_target(paths.parse_target(raw))
+    if agent is None or agent.view is None:
+        return None
+    route = request.match_info.route
+    if (
+        route is not None
+        and route.name == "agent-ui"
+        and agent.name
+        and request.app[SESSIONS].view_session(agent.view, agent.name) is not None
+    ):
+        request[_VIEW] = True
+        return "operator"
+    request[_VIEW_REFUSED] = True
+    raise _ViewRefused(
+        "this view of the agent's UI is not valid: it lives only as long as your session, "
+        "for one agent; reload the agent's page"
+    )
+
+
 def _principal_of(request: web.Request) -> str:
     app = request.app
+    # In an agent's space the capability alone decides (the cookie is ignored).
+    view = _view_principal(request)
+    if view is not None:
+        return view
     session_id = request.cookies.get(cookie_name(_tls(app[CONFIG])))
     session = app[SESSIONS].get(session_id)
     if session is None or session_id is None:
@@ -360,7 +469,12 @@ async def _pages_middleware(request: web.Request, handler: Handler) -> web.Strea
     if response.prepared or response.status < 400 or response.get(_OWN_PAGE, False):
         return response
     anonymous = request.get(authz.PRINCIPAL, "anonymous") == "anonymous"
-    if response.status == 403 and anonymous and request.get(authz.DECISION) is None:
+    if (
+        response.status == 403
+        and anonymous
+        and request.get(authz.DECISION) is None
+        and not request.get(_VIEW_REFUSED, False)
+    ):
         return _unauthenticated(request)
     if _wants_json(request):
         if response.status >= 500:
@@ -419,6 +533,16 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
             headers.popall(name, None)
         headers["Content-Security-Policy"] = AGENT_CSP
         headers["Referrer-Policy"] = "no-referrer"
+        if request.get(_VIEW, False):
+            # The sandboxed document is an opaque origin: its own fetch/EventSource
+            # are cross-origin. Its own content only, never with credentials.
+            headers["Access-Control-Allow-Origin"] = "*"
+            allowed = request.get(_PREFLIGHT)
+            if allowed is not None:
+                headers["Access-Control-Allow-Methods"] = _PREFLIGHT_METHODS
+                if allowed:
+                    headers["Access-Control-Allow-Headers"] = allowed
+                headers["Access-Control-Max-Age"] = "600"
         return
     csp = headers.get("Content-Security-Policy")
     if csp is None:
@@ -596,9 +720,37 @@ async def _agent_slash(request: web.Request) -> web.StreamResponse:
     raise web.HTTPPermanentRedirect(location)
 
 
+def _view_redirect(request: web.Request, agent: paths.AgentTarget) -> web.StreamResponse | None:
+    """Where a request in the agent space goes instead of the agent, if anywhere."""
+    query = "" if agent.query is None else f"?{agent.query}"
+    if agent.view is not None:  # a valid capability (the principal check refused others)
+        if agent.path == "":
+            raise web.HTTPPermanentRedirect(f"{agent.prefix}/{query}")
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            requested = request.headers.get("Access-Control-Request-Headers", "").strip()
+            request[_PREFLIGHT] = requested if _HEADER_LIST.fullmatch(requested) else ""
+            return web.Response(status=204)
+        return None
+    session = request.get(_SESSION)
+    if (
+        session is not None
+        and request.method in {"GET", "HEAD"}
+        and request.headers.get("Sec-Fetch-Mode") == "navigate"
+    ):
+        # The document this loads is sandboxed: its own requests carry no cookie,
+        # so it must live under its capability prefix to reach its own space.
+        cap = request.app[SESSIONS].view_capability(session, agent.name)
+        location = f"{agent.prefix}/{paths.VIEW_MARK}{cap}{agent.path}{query}"
+        return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
+    return None
+
+
 async def _agent_ui(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
     agent = _agent_of(request)
+    instead = _view_redirect(request, agent)
+    if instead is not None:
+        return instead
     registry = request.app[_REGISTRY]
     base = await registry.ui_base(agent.name, request[authz.REQUEST_ID])
     url = URL.build(

@@ -30,7 +30,10 @@ The query string is not a path: it is passed through unchanged, refused only
 for controls, non-ASCII, spaces and ``#``.
 
 Also here, because the gateway and the core must agree on them: the agent UI
-space ``/agent/<name>/...`` (:func:`agent_target`) and agent names.
+space ``/agent/<name>/...`` (:func:`agent_target`) and agent names. A first
+segment starting with ``@`` right after the name is the *view capability*
+slot (``/agent/<name>/@<capability>/...``, see :mod:`enforcer.gateway`): it
+belongs to the prefix, never to the path the agent receives.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ __all__ = [
     "AGENT_NAME_RE",
     "MAX_PATH_LENGTH",
     "MAX_TARGET_LENGTH",
+    "VIEW_MARK",
     "AgentTarget",
     "PathRejected",
     "PathTooLong",
@@ -84,6 +88,8 @@ for _char in _UNRESERVED:
     )
 
 _AGENT_PREFIX = "/agent/"
+VIEW_MARK = "@"
+"""Starts the view-capability segment right after an agent's name."""
 
 
 class PathRejected(BadRequest):
@@ -112,21 +118,26 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class AgentTarget:
-    """A target in the agent UI space: ``/agent/<name><path>[?query]``.
+    """A target in the agent UI space: ``/agent/<name>[/@<view>]<path>[?query]``.
 
-    ``path`` (always starting with ``/``) and ``query`` are what the agent's UI
-    receives; ``prefix`` (``/agent/<name>``) is what the gateway sends it as
-    ``X-Forwarded-Prefix``.
+    ``path`` (starting with ``/``, or ``""`` right after the name or the view
+    slot) and ``query`` are what the agent's UI receives; ``prefix``
+    (``/agent/<name>``, or ``/agent/<name>/@<view>``) is what the gateway sends
+    it as ``X-Forwarded-Prefix``. ``view`` is the text of the capability slot
+    (None when there is none; it may be empty or malformed: the gateway decides).
     """
 
     name: str
     path: str
     query: str | None
+    view: str | None = None
 
     @property
     def prefix(self) -> str:
         """The base path under which the operator sees this agent's UI."""
-        return f"{_AGENT_PREFIX}{self.name}"
+        if self.view is None:
+            return f"{_AGENT_PREFIX}{self.name}"
+        return f"{_AGENT_PREFIX}{self.name}/{VIEW_MARK}{self.view}"
 
     def upstream_target(self) -> str:
         """The exact request target the agent's UI receives."""
@@ -231,6 +242,10 @@ def agent_target(target: Target) -> AgentTarget | None:
     ``/agent/<name>/rest`` gives path ``/rest``; ``/agent/<name>`` gives path
     ``""`` (the gateway redirects it to the trailing slash). A name that is not
     a valid agent name gives name ``""`` (the gateway answers 404).
+    ``/agent/<name>/@<view>/rest`` gives view ``<view>`` and path ``/rest``
+    (``/agent/<name>/@<view>`` gives path ``""``); only the first segment after
+    the name is the view slot, so an agent UI cannot have a top-level path
+    segment starting with ``@`` (deeper ones are ordinary path).
     """
     if not target.path.startswith(_AGENT_PREFIX):
         return None
@@ -238,4 +253,7 @@ def agent_target(target: Target) -> AgentTarget | None:
     name, slash, tail = rest.partition("/")
     if AGENT_NAME_RE.fullmatch(name) is None:
         name = ""
+    if tail.startswith(VIEW_MARK):
+        view, slash, tail = tail.partition("/")
+        return AgentTarget(name, slash + tail, target.query, view[len(VIEW_MARK) :])
     return AgentTarget(name, slash + tail, target.query)

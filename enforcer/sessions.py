@@ -11,10 +11,20 @@
 - Each session has its own CSRF token; a state-changing request must carry it
   (``X-CSRF-Token`` header or ``csrf_token`` form field), compared in
   constant time against the session's.
+- Each session can hand out *view capabilities*, one per agent
+  (:meth:`SessionStore.view_capability`): ``<view id><mac>``, where the view id
+  is the session's own random public handle (never derived from the cookie)
+  and the mac is HMAC-SHA256 under a per-store random secret over
+  ``("agent.ui.view", view id, agent name)``, cut to 128 bits. It opens that
+  one agent's UI space at the gateway while the session lives, and nothing
+  else (:meth:`SessionStore.view_session`); logout, expiry, eviction or a new
+  login (which replaces the session) end it. Why that is safe to give to
+  agent content is in :mod:`enforcer.gateway`.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import os
@@ -31,6 +41,7 @@ __all__ = [
     "CSRF_COOKIE",
     "CSRF_FIELD",
     "CSRF_HEADER",
+    "VIEW_CAPABILITY_LENGTH",
     "Session",
     "SessionStore",
     "TokenFileError",
@@ -47,6 +58,12 @@ CSRF_COOKIE = "hive_csrf"
 (SameSite=Strict) and to agent content (sandboxed: an opaque origin, no cookies)."""
 
 _TOKEN_BYTES = 32
+_VIEW_ID_BYTES = 16
+_VIEW_MAC_BYTES = 16
+_VIEW_ID_CHARS = 22  # base64url of 16 bytes, unpadded
+VIEW_CAPABILITY_LENGTH = 44
+"""Characters in a view capability: a 22-character view id, a 22-character mac."""
+_VIEW_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 class TokenFileError(HiveError):
@@ -111,10 +128,15 @@ def _digest(session_id: str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Session:
-    """One operator session: its CSRF token and when it ends (store clock)."""
+    """One operator session: its CSRF token, when it ends (store clock), its view id.
+
+    ``view_id`` is a random public handle that the session's view
+    capabilities start with (empty: the session hands out none).
+    """
 
     csrf_token: str
     expires_at: float
+    view_id: str = ""
 
     def csrf_ok(self, given: str | None) -> bool:
         """Whether ``given`` is this session's CSRF token (constant time)."""
@@ -139,17 +161,65 @@ class SessionStore:
         self._clock = clock
         self._max = max_sessions
         self._sessions: dict[bytes, Session] = {}
+        # view id -> the session's key; the secret lives and dies with the store
+        # (sessions are in memory too: a restart ends both).
+        self._views: dict[str, bytes] = {}
+        self._view_secret = secrets.token_bytes(32)
 
     def create(self) -> tuple[str, Session]:
         """A new session: (the id to put in the cookie, the session)."""
         self._purge()
         while len(self._sessions) >= self._max:
             # dicts keep insertion order: the first key is the oldest session.
-            del self._sessions[next(iter(self._sessions))]
+            self._drop(next(iter(self._sessions)))
         session_id = secrets.token_urlsafe(_TOKEN_BYTES)
-        session = Session(secrets.token_urlsafe(_TOKEN_BYTES), self._clock() + self.ttl)
-        self._sessions[_digest(session_id)] = session
+        view_id = secrets.token_urlsafe(_VIEW_ID_BYTES)
+        session = Session(secrets.token_urlsafe(_TOKEN_BYTES), self._clock() + self.ttl, view_id)
+        key = _digest(session_id)
+        self._sessions[key] = session
+        self._views[view_id] = key
         return session_id, session
+
+    def _drop(self, key: bytes) -> None:
+        session = self._sessions.pop(key, None)
+        if session is not None:
+            self._views.pop(session.view_id, None)
+
+    def _view_mac(self, view_id: str, agent: str) -> str:
+        message = f"agent.ui.view\0{view_id}\0{agent}".encode()
+        mac = hmac.new(self._view_secret, message, hashlib.sha256).digest()[:_VIEW_MAC_BYTES]
+        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+
+    def view_capability(self, session: Session, agent: str) -> str:
+        """The capability that opens ``agent``'s UI space for ``session`` (and nothing else)."""
+        if not session.view_id:
+            raise ValueError("this session hands out no view capabilities")
+        return session.view_id + self._view_mac(session.view_id, agent)
+
+    def view_session(self, capability: str, agent: str) -> Session | None:
+        """The live session that issued ``capability`` for ``agent``, or None.
+
+        None for anything malformed, forged, issued for another agent, or of a
+        session that has ended (logout, expiry, eviction, replaced by a login).
+        """
+        if len(capability) != VIEW_CAPABILITY_LENGTH or not set(capability) <= _VIEW_ALPHABET:
+            return None
+        view_id, mac = capability[:_VIEW_ID_CHARS], capability[_VIEW_ID_CHARS:]
+        if not tokens_equal(mac, self._view_mac(view_id, agent)):
+            return None
+        # The mac is checked first: a forged capability costs the same whether
+        # or not its view id exists, so timing says nothing about live ids.
+        key = self._views.get(view_id)
+        if key is None:
+            return None
+        session = self._sessions.get(key)
+        if session is None or session.view_id != view_id:
+            self._views.pop(view_id, None)
+            return None
+        if session.expires_at <= self._clock():
+            self._drop(key)
+            return None
+        return session
 
     def get(self, session_id: str | None) -> Session | None:
         """The live session for a cookie value, or None (absent, unknown, expired)."""
@@ -160,14 +230,14 @@ class SessionStore:
         if session is None:
             return None
         if session.expires_at <= self._clock():
-            del self._sessions[key]
+            self._drop(key)
             return None
         return session
 
     def revoke(self, session_id: str | None) -> None:
-        """End a session (logout); unknown ids are ignored."""
+        """End a session (logout) and its view capabilities; unknown ids are ignored."""
         if session_id:
-            self._sessions.pop(_digest(session_id), None)
+            self._drop(_digest(session_id))
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -175,7 +245,7 @@ class SessionStore:
     def _purge(self) -> None:
         now = self._clock()
         for key in [k for k, s in self._sessions.items() if s.expires_at <= now]:
-            del self._sessions[key]
+            self._drop(key)
 
 
 def origin_allowed(origin: str | None, sec_fetch_site: str | None, expected: str) -> bool:
