@@ -8,11 +8,18 @@ answer / approve / deny / lifecycle / reload / logout endpoints, both the pages
 and the API - and to read the session: ``document.cookie``, the parent page,
 ``top.location``, storage, responses of operator pages; it navigates the top
 window, posts a message to the parent and opens a popup to the dashboard. It
-reports what it saw to its own server's collector.
+also reads its own view capability from its address and tries it on another
+agent's UI and on the core. It reports what it saw to its own server's
+collector.
+
+The control test runs the same requests from the operator's own page, with the
+session's real CSRF token, and they do change state: the requests are real
+attacks, and it is the boundary - not a malformed request - that stops them.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -112,8 +119,54 @@ def test_hostile_agent_ui_changes_nothing_and_reads_no_session(
         assert "cookie" not in lowered
         assert "authorization" not in lowered
         assert "hive_session" not in str(headers)
+    # Its view capability opens its own space, and nothing else.
+    assert re.fullmatch(r"/agent/mallory/@[A-Za-z0-9_-]{44}/", seen["cap location"])
+    assert seen["cap own space"] == "status 200"
+    cap = seen["cap location"].split("@")[1].rstrip("/")
+    for what, result in seen.items():
+        if what.startswith(("cap read ", "cap post ")):
+            assert result.startswith("error"), (what, result)
+    for headers in web_stack.collected("alpha")["headers"]:
+        assert cap not in str(headers), headers  # alpha's UI never got a request with it
     # The session still works (the attempted logout did not end it).
     page.goto(web_stack.url("/questions"))
     assert page.get_by_role("heading", level=1).inner_text() == "Questions"
     page.goto(web_stack.url("/agents/mallory"))
     shoot(page, "agent-hostile")
+
+
+# The hostile page's requests, as it sends them (hostile.html), from a page given as
+# JSON: {path, body, csrf}. Run here by the operator's own page (same origin).
+_SAME_REQUEST = """async ([path, body, csrf]) => {
+  const origin = location.protocol + "//" + location.host;
+  const r = await fetch(origin + path, {method: "POST", credentials: "include",
+    body: body + "&csrf_token=" + csrf,
+    headers: {"Content-Type": "application/x-www-form-urlencoded", "X-CSRF-Token": csrf}});
+  return r.status;
+}"""
+
+
+def test_control_the_same_requests_from_the_operators_page_do_change_state(
+    page: Any, web_stack: WebStack
+) -> None:
+    qid = web_stack.ask("beta", "Control: may I proceed?", ["yes", "no"])
+    aid = web_stack.request_approval("beta", "net.egress", "control.example:443")
+    login(page, web_stack, "/agents/beta")
+    csrf = next(c["value"] for c in page.context.cookies() if c["name"] == "hive_csrf")
+    # With the guessed token the hostile page uses, even the operator's own page is refused.
+    guessed = page.evaluate(_SAME_REQUEST, [f"/questions/{qid}/answer", "answer=pwned", "guess"])
+    assert guessed == 403
+    assert _question_status(web_stack, qid) == ("open", None)
+    # With the session's token, from the operator's origin: the very same requests act.
+    page.evaluate(_SAME_REQUEST, [f"/questions/{qid}/answer", "answer=pwned", csrf])
+    page.evaluate(_SAME_REQUEST, [f"/approvals/{aid}/approve", "reason=pwned", csrf])
+    assert _question_status(web_stack, qid) == ("answered", "pwned")
+    approvals = web_stack.operator("GET", "/api/approvals?status=all")["approvals"]
+    assert next(a for a in approvals if a["id"] == aid)["status"] == "approved"
+
+
+def _question_status(stack: WebStack, qid: int) -> tuple[str, str | None]:
+    for q in stack.operator("GET", "/api/questions?status=all")["questions"]:
+        if q["id"] == qid:
+            return q["status"], q.get("answer")
+    raise AssertionError(f"no question {qid}")
