@@ -48,7 +48,7 @@ class LifecycleBackend(Protocol):
         ...
 
     def status(self, name: str) -> str:
-        """``running``, ``stopped`` or ``absent``."""
+        """``running``, ``stopped``, ``failed`` (died while it should run) or ``absent``."""
         ...
 
     async def close(self) -> None:
@@ -139,10 +139,19 @@ class LocalProcessBackend:
         self._known.discard(agent.name)
 
     def status(self, name: str) -> str:
-        """``running`` if its process is alive, else ``stopped`` (``absent`` if unknown)."""
+        """``running`` if its process is alive; ``failed`` if it died on its own.
+
+        A process the operator stopped is forgotten by :meth:`stop`, so only an
+        exit nobody asked for is still here: a non-zero status or a signal
+        (negative return code) is ``failed``, a clean exit 0 ``stopped``.
+        ``absent`` for an agent this backend does not know.
+        """
         proc = self._procs.get(name)
-        if proc is not None and proc.returncode is None:
-            return "running"
+        if proc is not None:
+            if proc.returncode is None:
+                return "running"
+            if proc.returncode != 0:
+                return "failed"
         return "stopped" if name in self._known else "absent"
 
     async def close(self) -> None:
