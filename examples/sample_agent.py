@@ -244,7 +244,7 @@ class Agent:
 
 # --- the agent's own web UI ------------------------------------------------------------
 
-_PREFIX = re.compile(r"(?:/[A-Za-z0-9._~-]+)*")
+_PREFIX = re.compile(r"(?:/[A-Za-z0-9._~@-]+)*")  # @: the view-capability segment
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{name}</title>
 <style>body{{font:15px system-ui,sans-serif;margin:1.5rem;max-width:50rem}}
