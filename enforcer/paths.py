@@ -39,10 +39,10 @@ belongs to the prefix, never to the path the agent receives.
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass
 
 from enforcer.errors import BadRequest
+from enforcer.names import AGENT_NAME_RE
 
 __all__ = [
     "AGENT_NAME_RE",
@@ -64,7 +64,6 @@ __all__ = [
 MAX_PATH_LENGTH = 2048
 MAX_TARGET_LENGTH = 8192
 
-AGENT_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,30}")
 """An agent name (docs/conventions.md)."""
 
 _UNRESERVED = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
