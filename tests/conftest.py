@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests.netns.helpers import Names, fresh_names, sweep
+
 settings.register_profile(
     "ci",
     max_examples=60,
@@ -79,3 +81,14 @@ def hive_dirs(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     import shutil
 
     shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def names() -> Iterator[Names]:
+    """Unique namespace/table/subnet names for one netns test, swept afterwards."""
+    require_root()
+    n = fresh_names()
+    try:
+        yield n
+    finally:
+        sweep(n)

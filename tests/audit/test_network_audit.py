@@ -8,28 +8,13 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from netns.manager import NetnsManager
 from tests.audit.conftest import Install
 from tests.audit.helpers import audit_json, check_of, policy_copy
-from tests.conftest import require_root
-from tests.netns.helpers import Names, fresh_names, make_policy, managed, sweep
-
-EGRESS = '[[egress]]\nprincipal = "role:agent"\nto = ["0.0.0.0/0", "::/0"]\nports = [80]\n'
-
-
-@pytest.fixture
-def names() -> Iterator[Names]:
-    require_root()
-    n = fresh_names()
-    try:
-        yield n
-    finally:
-        sweep(n)
+from tests.netns.helpers import HTTP_EGRESS as EGRESS
+from tests.netns.helpers import Names, make_policy, managed
 
 
 def _policy_dir(tmp_path: Path, names: Names) -> Path:

@@ -114,3 +114,7 @@ def managed(names: Names, policy: NetworkPolicy) -> Iterator[NetnsManager]:
         finally:
             sweep(names)
             shutil.rmtree(d, ignore_errors=True)
+
+
+# The egress grant most netns tests use: every agent may reach port 80 outside.
+HTTP_EGRESS = '[[egress]]\nprincipal = "role:agent"\nto = ["0.0.0.0/0", "::/0"]\nports = [80]\n'

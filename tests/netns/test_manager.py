@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 
 from netns import links
 from netns.manager import NetnsManager
 from netns.probe import Prober
-from tests.conftest import require_root
-from tests.netns.helpers import Names, fresh_names, leftovers, make_policy, managed, sweep
-
-EGRESS = '[[egress]]\nprincipal = "role:agent"\nto = ["0.0.0.0/0", "::/0"]\nports = [80]\n'
-
-
-@pytest.fixture
-def names() -> Iterator[Names]:
-    require_root()
-    n = fresh_names()
-    try:
-        yield n
-    finally:
-        sweep(n)
+from tests.netns.helpers import HTTP_EGRESS as EGRESS
+from tests.netns.helpers import Names, leftovers, make_policy, managed
 
 
 def _nft_tables() -> str:
