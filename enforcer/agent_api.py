@@ -421,25 +421,24 @@ ROUTES: tuple[ApiRoute, ...] = (
 def create_agent_app(core: CoreState) -> web.Application:
     """The agent surface (one application serving every agent socket)."""
     limits = core.config.core
+    # No middleware: every route is enforced by this one Enforcer (authorisation,
+    # decision logging, error bodies), unmatched requests by its fallback.
     app = web.Application(
-        client_max_size=max(limits.max_body_bytes, limits.max_state_file_bytes) + 1024,
-        # One middleware: authorisation, decision logging and error bodies.
-        middlewares=[
-            authz.authorization_middleware(
-                engine=core.engine,
-                channel="socket",
-                principal_of=agent_principal(core.registry),
-                on_decision=core.record_decision,
-            ),
-        ],
+        client_max_size=max(limits.max_body_bytes, limits.max_state_file_bytes) + 1024
+    )
+    enforcer = authz.Enforcer(
+        engine=core.engine,
+        channel="socket",
+        principal_of=agent_principal(core.registry),
+        on_decision=core.record_decision,
     )
     app[CORE] = core
     for route in ROUTES:
         handler = route.handler
         if core.instrument is not None:
             handler = core.instrument(route.action, handler)
-        authz.bind(
+        enforcer.bind(
             app, route.method, route.path, handler, action=route.action, resource=route.resource
         )
-    app.on_startup.append(authz.startup_check(engine=core.engine, channel="socket"))
+    enforcer.install(app)
     return app

@@ -1,31 +1,33 @@
-"""Route -> action binding, the default-deny authorisation middleware, decision logging.
+"""Route -> action binding, the one default-deny enforcer per daemon, decision logging.
 
-Every route of every daemon is registered through :func:`bind` (or
-:func:`bind_static`) with exactly one catalogue action and a function that
-computes the resource from the request. :func:`check_routes` runs at start-up
-(wire it with :func:`startup_check`) and refuses a daemon with a route that has
-no binding, a binding to an unknown action, or an action whose authority class
-does not belong on the daemon's channel (only ``agent-self`` on an agent
-socket: operator actions have no route there by construction).
+Every route of every daemon is registered through :meth:`Enforcer.bind` with
+exactly one catalogue action and a function that computes the resource from
+the request. :func:`check_routes` runs at start-up (:meth:`Enforcer.install`
+wires it) and refuses a daemon with a route that has no binding, a binding to
+an unknown action, or an action whose authority class does not belong on the
+daemon's channel (only ``agent-self`` on an agent socket: operator actions
+have no route there by construction).
 
-The one authorisation middleware (:func:`authorization_middleware`) computes
-``(principal, channel, resource, action)`` in one place, asks the policy
-engine, logs exactly one decision event per routed request and denies by
-default: a request that matches no bound route never reaches a handler.
-:func:`error_middleware` turns every error into a JSON body without a
-traceback.
+The :class:`Enforcer` computes ``(principal, channel, resource, action)`` in
+one place, asks the policy engine, logs exactly one decision event per routed
+request and denies by default: a request that matches no bound route is
+answered by its fallback and never reaches a handler. It runs on the routes
+themselves (each bound handler is reached only through it);
+:meth:`Enforcer.middleware` applies the very same code as an aiohttp
+middleware to an app bound with :func:`bind`. Every error becomes a JSON body
+without a traceback (:func:`error_middleware` for apps that need it alone).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
@@ -34,8 +36,15 @@ from aiohttp.typedefs import Handler, Middleware
 from aiohttp.web_urldispatcher import PrefixedSubAppResource
 
 from enforcer.errors import BadRequest, HiveError, NotFound, Unavailable
-from enforcer.log import log_decision
-from enforcer.policy import AccessRequest, ActionSpec, AuthorityClass, Decision, decision_event
+from enforcer.log import DecisionLine
+from enforcer.policy import (
+    AccessRequest,
+    ActionSpec,
+    AuthorityClass,
+    Decision,
+    Policy,
+    decision_event,
+)
 
 __all__ = [
     "CHANNEL_CLASSES",
@@ -45,17 +54,18 @@ __all__ = [
     "ROUTE_BINDINGS",
     "Decider",
     "DecisionSink",
+    "Enforcer",
     "RouteBinding",
     "UnboundRouteError",
     "authorization_middleware",
     "bind",
-    "bind_static",
     "binding_for",
     "check_raw_path",
     "check_routes",
     "decision_event",
     "error_middleware",
     "json_error",
+    "route_bindings",
     "startup_check",
     "unsafe_raw_path_reason",
 ]
@@ -112,8 +122,10 @@ class Decider(Protocol):
         ...
 
 
-DecisionSink = Callable[[dict[str, Any]], None]
-"""Receives every decision event (the core keeps a ring of them for the audit view)."""
+DecisionSink = Callable[[Mapping[str, Any], str], None]
+"""Receives every decision: its event without the request id (shared between
+requests: do not change it), and the request id. The core keeps a ring of them
+for the audit view."""
 
 
 # --- binding ----------------------------------------------------------------
@@ -147,9 +159,11 @@ def bind(
     resource: Callable[[web.Request], str | Awaitable[str]] | str,
     name: str | None = None,
 ) -> web.AbstractRoute:
-    """Register ``method path -> handler`` bound to one catalogue ``action``.
+    """Record ``method path -> handler`` bound to one catalogue ``action``, NOT enforced here.
 
-    ``resource`` is a constant or a function of the request (``match_info``,
+    For an app whose enforcement is :meth:`Enforcer.middleware`; an app
+    enforced on its routes uses :meth:`Enforcer.bind`. ``resource`` is a
+    constant or a function of the request (``match_info``,
     :data:`PRINCIPAL`) that returns the policy resource - or an awaitable of
     it, when the resource is named in the body (``agent.register``); it may
     raise a :class:`HiveError` (e.g. :class:`BadRequest` for a bad parameter).
@@ -158,25 +172,6 @@ def bind(
     route = app.router.add_route(method, path, handler, name=name)
     _bindings(app)[route] = RouteBinding(action, _resource_fn(resource))
     return route
-
-
-def bind_static(
-    app: web.Application,
-    prefix: str,
-    directory: Path,
-    *,
-    action: str,
-    resource: Callable[[web.Request], str | Awaitable[str]] | str,
-    name: str | None = None,
-) -> web.AbstractResource:
-    """Serve ``directory`` under ``prefix`` (no listings, no symlinks), every route bound."""
-    static = app.router.add_static(
-        prefix, directory, name=name, show_index=False, follow_symlinks=False
-    )
-    fn = _resource_fn(resource)
-    for route in static:
-        _bindings(app)[route] = RouteBinding(action, fn)
-    return static
 
 
 def _walk_routes(
@@ -190,21 +185,38 @@ def _walk_routes(
                 yield app, route
 
 
+# The binding of an enforcer's fallback route (unmatched requests -> 404/405).
+_FALLBACK = RouteBinding("", _resource_fn(""))
+
+
+def route_bindings(
+    app: web.Application,
+) -> Iterator[tuple[web.AbstractRoute, RouteBinding | None]]:
+    """Every route of ``app`` and its sub-applications with its binding (None: unbound).
+
+    An :class:`Enforcer`'s fallback route is left out: it performs no action.
+    """
+    for owner, route in _walk_routes(app):
+        binding = owner.get(ROUTE_BINDINGS, {}).get(route)
+        if binding is not _FALLBACK:
+            yield route, binding
+
+
 def check_routes(
     app: web.Application, catalogue: Mapping[str, ActionSpec], *, channel: str
 ) -> None:
     """Raise :class:`UnboundRouteError` unless every route is bound to a fitting action.
 
     Covers every route of ``app`` and of its sub-applications, including
-    static routes and any ``HEAD``/``OPTIONS`` route added behind one's back.
+    static routes and any ``HEAD``/``OPTIONS`` route added behind one's back
+    (a route added any other way than through a bind has no binding).
     """
     allowed = CHANNEL_CLASSES.get(channel)
     if allowed is None:
         raise UnboundRouteError(f"unknown channel {channel!r}")
     problems: list[str] = []
-    for owner, route in _walk_routes(app):
+    for route, binding in route_bindings(app):
         where = f"{route.method} {route.resource.canonical if route.resource else '?'}"
-        binding = owner.get(ROUTE_BINDINGS, {}).get(route)
         if binding is None:
             problems.append(f"{where}: no action bound (register it with authz.bind)")
             continue
@@ -331,88 +343,220 @@ def _request_ids() -> Callable[[], str]:
 
 _new_request_id = _request_ids()
 _ACCEPTED_PATHS_LIMIT = 4096
+_VERDICTS_LIMIT = 4096
 
 
-def authorization_middleware(
-    *,
-    engine: Decider,
-    channel: str,
-    principal_of: Callable[[web.Request], str | Awaitable[str]],
-    path_check: Callable[[str], None] = check_raw_path,
-    on_decision: DecisionSink | None = None,
-    guard: Callable[[web.Request], None] | None = None,
-) -> Middleware:
-    """The default-deny authorisation middleware for one daemon (one channel).
+class _LiveEngine(Decider, Protocol):
+    """What the enforcer needs: the live policy (swapped whole on reload) and decide()."""
 
-    Per request, in this order: the principal from the transport
-    (``principal_of``, which may return the principal or an awaitable of it,
-    may raise a :class:`HiveError`, e.g. a peer-credential refusal); the raw
-    path check; the route's binding (none: 404, nothing runs); the resource;
-    the engine's decision, logged once; 403 on deny.
+    @property
+    def current(self) -> Policy | None: ...
 
-    It is also the daemon's error middleware (see :func:`error_middleware`,
-    whose handling it includes): one middleware layer per request, not two.
+
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    """One (principal, resource, action)'s decision under one policy version, and its log line."""
+
+    policy: Policy | None
+    decision: Decision
+    line: DecisionLine
+
+
+class Enforcer:
+    """The one authorisation point of a daemon (one channel); default deny.
+
+    :meth:`bind` registers a route whose handler runs only through
+    :meth:`_run`, which, per request and in this order, computes the principal
+    from the transport (``principal_of``, which may return the principal or an
+    awaitable of it and may raise a :class:`HiveError`, e.g. a peer-credential
+    refusal), checks the raw path as received, computes the route's resource,
+    asks the live policy, logs exactly one decision event (or refuses with 503
+    when the log cannot be written) and answers 403 on deny. :meth:`install`
+    (after the last :meth:`bind`) adds the fallback that answers every request
+    no bound route matches with a JSON 404/405 after the same admission
+    checks, and the start-up check (:func:`check_routes`): a route not
+    registered through :meth:`bind` makes the daemon refuse to start.
+
+    Enforcement sits on the routes rather than in an aiohttp middleware
+    because a middleware costs every request two extra coroutine layers (its
+    own and aiohttp's ``_fix_request_current_app``), which on the agent
+    sockets was more than the whole decision (``bench/agent_socket.py``).
+    Every error of a bound handler is answered here too, as
+    :func:`error_middleware` would.
+
     ``guard``, when given, runs first of all (a daemon's own routing check; a
-    :class:`HiveError` it raises is answered as the error middleware would).
+    :class:`HiveError` it raises is answered like any other refusal).
     """
-    # Raw paths already found acceptable (pure check): bounded, restarted when full.
-    accepted: set[str] = set()
 
-    @web.middleware
-    async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def __init__(
+        self,
+        *,
+        engine: _LiveEngine,
+        channel: str,
+        principal_of: Callable[[web.Request], str | Awaitable[str]],
+        path_check: Callable[[str], None] = check_raw_path,
+        on_decision: DecisionSink | None = None,
+        guard: Callable[[web.Request], None] | None = None,
+    ) -> None:
+        if channel not in CHANNEL_CLASSES:
+            raise UnboundRouteError(f"unknown channel {channel!r}")
+        self._engine = engine
+        self.channel = channel
+        self._principal_of = principal_of
+        self._path_check = path_check
+        self._on_decision = on_decision
+        self._guard = guard
+        # Raw paths already found acceptable (a pure check): bounded, restarted when full.
+        self._accepted: set[str] = set()
+        # (principal, resource, action) -> verdict, valid while its policy is live.
+        self._verdicts: dict[tuple[str, str, str], _Verdict] = {}
+        self._fallbacks: set[web.AbstractResource] = set()
+
+    # --- wiring ---------------------------------------------------------------
+
+    def bind(
+        self,
+        app: web.Application,
+        method: str,
+        path: str,
+        handler: Handler,
+        *,
+        action: str,
+        resource: Callable[[web.Request], str | Awaitable[str]] | str,
+        name: str | None = None,
+    ) -> web.AbstractRoute:
+        """Register ``method path -> handler``, enforced, bound to one catalogue ``action``.
+
+        ``resource`` is a constant or a function of the request (``match_info``,
+        :data:`PRINCIPAL`) that returns the policy resource - or an awaitable of
+        it, when the resource is named in the body (``agent.register``); it may
+        raise a :class:`HiveError` (e.g. :class:`BadRequest` for a bad
+        parameter). No ``HEAD`` route is added implicitly.
+        """
+        binding = RouteBinding(action, _resource_fn(resource))
+        enforced = functools.partial(self._run, handler, binding)
+        route = app.router.add_route(method, path, enforced, name=name)
+        _bindings(app)[route] = binding
+        return route
+
+    def install(self, app: web.Application) -> None:
+        """After the last :meth:`bind`: the default-deny fallback and the start-up check."""
+        route = app.router.add_route("*", "/{_unmatched:.*}", self._unmatched)
+        _bindings(app)[route] = _FALLBACK
+        if route.resource is not None:
+            self._fallbacks.add(route.resource)
+        app.on_startup.append(startup_check(engine=self._engine, channel=self.channel))
+        app.on_startup.append(self._check_enforced)
+
+    def enforces(self, route: web.AbstractRoute) -> bool:
+        """Whether ``route``'s handler is reached only through this enforcer."""
+        handler = route.handler
+        return isinstance(handler, functools.partial) and handler.func == self._run
+
+    async def _check_enforced(self, app: web.Application) -> None:
+        # A route recorded with the middleware-flavoured bind() has a binding
+        # but, without the middleware, nothing would enforce it.
+        loose = [
+            f"{route.method} {route.resource.canonical if route.resource else '?'}"
+            for route, _binding in route_bindings(app)
+            if not self.enforces(route)
+        ]
+        if loose:
+            raise UnboundRouteError(
+                "; ".join(
+                    f"{where}: bound but not enforced (bind it with Enforcer.bind)"
+                    for where in loose
+                )
+            )
+
+    def middleware(self) -> Middleware:
+        """The same enforcement as an aiohttp middleware, for routes bound with :func:`bind`."""
+
+        @web.middleware
+        async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
+            binding = binding_for(request)
+            if binding is None:
+                return await self._unmatched(request)
+            return await self._run(handler, binding, request)
+
+        return authorize
+
+    # --- per request ------------------------------------------------------------
+
+    def _admit(self, request: web.Request, request_id: str) -> str | Awaitable[str]:
+        """Guard, principal, raw path: the checks every request passes before routing matters."""
+        if self._guard is not None:
+            self._guard(request)
+        found = self._principal_of(request)
+        raw_path = request.raw_path
+        if raw_path not in self._accepted:
+            self._path_check(raw_path)
+            if len(self._accepted) >= _ACCEPTED_PATHS_LIMIT:
+                self._accepted.clear()
+            self._accepted.add(raw_path)
+        return found
+
+    def _refused(self, error: HiveError, request_id: str) -> web.Response:
+        with contextlib.suppress(OSError):  # refused either way, logged if the disk allows
+            _log.info(
+                "request.refused",
+                logger=_LOGGER,
+                channel=self.channel,
+                reason=error.reason,
+                status=error.status,
+                request_id=request_id,
+            )
+        return _hive_error_response(error, request_id)
+
+    def _verdict(self, principal: str, resource: str, action: str) -> _Verdict:
+        """The live policy's decision and its rendered log line (cached per policy version)."""
+        policy = self._engine.current
+        key = (principal, resource, action)
+        verdict = self._verdicts.get(key)
+        if verdict is not None and verdict.policy is policy:
+            return verdict
+        access = AccessRequest(principal, self.channel, resource, action)
+        # Decide with the very version just read, so the verdict is cached under
+        # the policy that made it even if a reload swaps the engine's meanwhile.
+        decision = (
+            policy.index.decide(access) if policy is not None else self._engine.decide(access)
+        )
+        verdict = _Verdict(
+            policy, decision, DecisionLine(decision_event(access, decision), _LOGGER)
+        )
+        if len(self._verdicts) >= _VERDICTS_LIMIT:
+            self._verdicts.clear()
+        self._verdicts[key] = verdict
+        return verdict
+
+    async def _run(
+        self, handler: Handler, binding: RouteBinding, request: web.Request
+    ) -> web.StreamResponse:
         request_id = _new_request_id()
         request[REQUEST_ID] = request_id
         try:
-            if guard is not None:
-                guard(request)
             try:
-                found = principal_of(request)
+                found = self._admit(request, request_id)
                 principal = found if isinstance(found, str) else await found
-                raw_path = request.raw_path
-                if raw_path not in accepted:
-                    path_check(raw_path)
-                    if len(accepted) >= _ACCEPTED_PATHS_LIMIT:
-                        accepted.clear()
-                    accepted.add(raw_path)
             except HiveError as e:
-                with contextlib.suppress(OSError):  # refused either way, logged if the disk allows
-                    _log.info(
-                        "request.refused",
-                        logger=_LOGGER,
-                        channel=channel,
-                        reason=e.reason,
-                        status=e.status,
-                        request_id=request_id,
-                    )
-                return _hive_error_response(e, request_id)
+                return self._refused(e, request_id)
             request[PRINCIPAL] = principal
-            binding = binding_for(request)
-            if binding is None:
-                exc = request.match_info.http_exception
-                if isinstance(exc, web.HTTPMethodNotAllowed):
-                    resp = json_error(
-                        405, "method_not_allowed", "method not allowed", request_id=request_id
-                    )
-                    resp.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
-                    return resp
-                return json_error(404, NotFound.code, "no such route", request_id=request_id)
             try:
                 computed = binding.resource(request)
                 resource = computed if isinstance(computed, str) else await computed
             except HiveError as e:
                 return _hive_error_response(e, request_id)
-            access = AccessRequest(principal, channel, resource, binding.action)
-            decision = engine.decide(access)
-            event = decision_event(access, decision, request_id)
+            verdict = self._verdict(principal, resource, binding.action)
             try:
-                log_decision(event, _LOGGER)
+                verdict.line.write(request_id)
             except OSError as e:
                 # Every decision is logged or not made: with the log's disk full,
                 # the request is refused (503) before any handler runs.
                 reason = f"the decision log cannot be written: {e.strerror or e}"
                 return _hive_error_response(Unavailable(reason), request_id)
-            if on_decision is not None:
-                on_decision(event)
+            if self._on_decision is not None:
+                self._on_decision(verdict.line.event, request_id)
+            decision = verdict.decision
             if not decision.allowed:
                 return json_error(403, "forbidden", decision.reason, request_id=request_id)
             request[DECISION] = decision
@@ -420,7 +564,54 @@ def authorization_middleware(
         except Exception as e:  # HiveError, HTTP errors, crashes: as error_middleware does
             return _error_response(request, e)
 
-    return authorize
+    async def _unmatched(self, request: web.Request) -> web.StreamResponse:
+        """No bound route matches: the admission checks, then 404 or 405; nothing else runs."""
+        request_id = _new_request_id()
+        request[REQUEST_ID] = request_id
+        try:
+            found = self._admit(request, request_id)
+            request[PRINCIPAL] = found if isinstance(found, str) else await found
+        except HiveError as e:
+            return self._refused(e, request_id)
+        allowed: set[str] = set()
+        exc = request.match_info.http_exception
+        if isinstance(exc, web.HTTPMethodNotAllowed):  # middleware mode: aiohttp's own verdict
+            allowed = set(exc.allowed_methods)
+        elif exc is None:  # our fallback route matched: which methods would another route take?
+            for resource in request.match_info.current_app.router.resources():
+                if resource not in self._fallbacks:
+                    _match, methods = await resource.resolve(request)
+                    allowed |= methods
+        if allowed:
+            resp = json_error(
+                405, "method_not_allowed", "method not allowed", request_id=request_id
+            )
+            resp.headers["Allow"] = ",".join(sorted(allowed))
+            return resp
+        return json_error(404, NotFound.code, "no such route", request_id=request_id)
+
+
+def authorization_middleware(
+    *,
+    engine: _LiveEngine,
+    channel: str,
+    principal_of: Callable[[web.Request], str | Awaitable[str]],
+    path_check: Callable[[str], None] = check_raw_path,
+    on_decision: DecisionSink | None = None,
+    guard: Callable[[web.Request], None] | None = None,
+) -> Middleware:
+    """:class:`Enforcer` as a middleware, for an app whose routes are bound with :func:`bind`.
+
+    It is also the app's error middleware (see :func:`error_middleware`).
+    """
+    return Enforcer(
+        engine=engine,
+        channel=channel,
+        principal_of=principal_of,
+        path_check=path_check,
+        on_decision=on_decision,
+        guard=guard,
+    ).middleware()
 
 
 def _error_response(request: web.Request, error: BaseException) -> web.StreamResponse:

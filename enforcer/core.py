@@ -75,30 +75,26 @@ def create_app(
         provider=provider or LocalSocketProvider(),
         instrument=instrument,
     )
-    app = web.Application(
-        client_max_size=config.core.max_body_bytes,
-        middlewares=[
-            authz.error_middleware,
-            authz.authorization_middleware(
-                engine=core.engine,
-                channel="gateway",
-                principal_of=core_principal(config.resolved_gateway_uid()),
-                on_decision=core.record_decision,
-            ),
-        ],
+    # No middleware: every route is enforced by this one Enforcer (see authz).
+    app = web.Application(client_max_size=config.core.max_body_bytes)
+    enforcer = authz.Enforcer(
+        engine=core.engine,
+        channel="gateway",
+        principal_of=core_principal(config.resolved_gateway_uid()),
+        on_decision=core.record_decision,
     )
     app[CORE] = core
     for route in operator_api.ROUTES:
         handler = route.handler
         if instrument is not None:
             handler = instrument(route.action, handler)
-        authz.bind(
+        enforcer.bind(
             app, route.method, route.path, handler, action=route.action, resource=route.resource
         )
     # The operator's pages (webui): rendered here, the trusted side, and reached
-    # through the gateway like the API; every page route is bound through authz.
-    webui_pages.setup(app)
-    app.on_startup.append(authz.startup_check(engine=core.engine, channel="gateway"))
+    # through the gateway like the API; every page route is bound by the enforcer.
+    webui_pages.setup(app, enforcer)
+    enforcer.install(app)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_agent_sockets_ctx)
     return app
@@ -121,7 +117,8 @@ async def _agent_sockets_ctx(app: web.Application) -> AsyncIterator[None]:
     log = get_logger("enforcer.core")
     agent_app = agent_api.create_agent_app(core)
     # Shutdown waits for in-flight long polls only briefly: they are read-only.
-    runner = web.AppRunner(agent_app, handle_signals=False, shutdown_timeout=1.0)
+    # No access log: every request's decision line is the agent surface's log.
+    runner = web.AppRunner(agent_app, handle_signals=False, shutdown_timeout=1.0, access_log=None)
     await runner.setup()  # runs check_routes(channel="socket") and freezes the app
     core.agent_app = agent_app
     core.config.agent_socket_dir.mkdir(parents=True, exist_ok=True, mode=0o755)

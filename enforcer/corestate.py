@@ -11,7 +11,7 @@ import collections
 import contextlib
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,14 +92,21 @@ class CoreState:
     registry: AgentRegistry = field(default_factory=AgentRegistry)
     sites: AgentSites | None = None
     agent_app: web.Application | None = None
-    decisions: collections.deque[dict[str, Any]] = field(
+    # (the decision's fields without its request id, the request id): the
+    # enforcer shares the first part between requests, so recording is one append.
+    decision_ring: collections.deque[tuple[Mapping[str, Any], str]] = field(
         default_factory=lambda: collections.deque(maxlen=1000)
     )
     instrument: Instrument | None = None
 
-    def record_decision(self, event: dict[str, Any]) -> None:
-        """The authorisation middleware's sink: keep the newest decisions for the audit view."""
-        self.decisions.append(event)
+    def record_decision(self, event: Mapping[str, Any], request_id: str) -> None:
+        """The enforcers' sink: keep the newest decisions for the audit view."""
+        self.decision_ring.append((event, request_id))
+
+    @property
+    def decisions(self) -> list[dict[str, Any]]:
+        """The newest decision events (at most 1000), oldest first."""
+        return [{**event, "request_id": rid} for event, rid in self.decision_ring]
 
     @property
     def db(self) -> Store:

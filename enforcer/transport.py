@@ -99,12 +99,37 @@ class AgentBinding:
     uid: int
 
 
+@dataclass(frozen=True, slots=True)
+class _Admitted:
+    """A connection whose peer was found to be its socket's agent."""
+
+    key: str
+    binding: AgentBinding
+    principal: str
+
+
 class AgentRegistry:
-    """Listening socket path -> agent (name, uid). Mutated only by :class:`AgentSites`."""
+    """Listening socket path -> agent (name, uid). Mutated only by :class:`AgentSites`.
+
+    It also remembers, per open connection served by :class:`AgentSites`,
+    which agent that connection was admitted as: ``SO_PEERCRED`` and the
+    accepting socket are fixed for a connection's life, so they are read once,
+    and each request only checks that the agent is still registered.
+    """
 
     def __init__(self) -> None:
         self._by_path: dict[str, AgentBinding] = {}
         self._by_name: dict[str, AgentBinding] = {}
+        # connection (its aiohttp protocol) -> admission; None until its first request.
+        self._connections: dict[object, _Admitted | None] = {}
+
+    def track(self, connection: object) -> None:
+        """A connection opened on an agent site (its admission may be remembered)."""
+        self._connections[connection] = None
+
+    def forget(self, connection: object) -> None:
+        """The connection closed."""
+        self._connections.pop(connection, None)
 
     def add(self, path: str, name: str, uid: int) -> None:
         """Map ``path`` to agent ``name`` with ``uid``."""
@@ -136,10 +161,19 @@ def agent_principal(registry: AgentRegistry) -> Callable[[web.Request], str]:
     Synchronous (nothing here waits): the middleware calls it without a coroutine.
     """
 
+    connections = registry._connections
+    by_path = registry._by_path
+
     def principal_of(request: web.Request) -> str:
+        connection = request.protocol
+        admitted = connections.get(connection)
+        # Fast path: admitted before, and its agent is still the one registered
+        # on that socket (a removed agent's open connections are refused).
+        if admitted is not None and by_path.get(admitted.key) is admitted.binding:
+            return admitted.principal
         path = _sockname(request)
         agent = registry.lookup(path) if path is not None else None
-        if agent is None:
+        if path is None or agent is None:
             raise Forbidden("this socket belongs to no registered agent")
         peer = peer_credentials(request)
         if peer.uid != agent.uid:
@@ -147,7 +181,10 @@ def agent_principal(registry: AgentRegistry) -> Callable[[web.Request], str]:
                 f"peer uid {peer.uid} is not agent {agent.name}'s uid; "
                 "only the agent itself may use its socket"
             )
-        return f"agent:{agent.name}"
+        principal = f"agent:{agent.name}"
+        if connection in connections:  # tracked: forgotten when it closes
+            connections[connection] = _Admitted(path, agent, principal)
+        return principal
 
     return principal_of
 
@@ -240,12 +277,14 @@ take the operator's UI down.
 class _Counted(asyncio.Protocol):
     """Delegates to aiohttp's request handler; leaves ``live`` when the connection ends."""
 
-    __slots__ = ("_inner", "_live")
+    __slots__ = ("_inner", "_live", "_registry")
 
-    def __init__(self, inner: asyncio.Protocol, live: set[object]) -> None:
+    def __init__(self, inner: asyncio.Protocol, live: set[object], registry: AgentRegistry) -> None:
         self._inner = inner
         self._live = live
+        self._registry = registry
         live.add(self)
+        registry.track(inner)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._inner.connection_made(transport)
@@ -264,6 +303,7 @@ class _Counted(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._live.discard(self)
+        self._registry.forget(self._inner)
         self._inner.connection_lost(exc)
 
 
@@ -277,9 +317,16 @@ class _Refused(asyncio.Protocol):
 class _CappedSockSite(web.SockSite):
     """A ``SockSite`` that holds at most ``max_connections`` connections open."""
 
-    def __init__(self, runner: web.BaseRunner, sock: socket.socket, max_connections: int) -> None:
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        sock: socket.socket,
+        max_connections: int,
+        registry: AgentRegistry,
+    ) -> None:
         super().__init__(runner, sock)
         self._max_connections = max_connections
+        self._registry = registry
         self._live: set[object] = set()
 
     def _protocol(self) -> asyncio.Protocol:
@@ -287,7 +334,7 @@ class _CappedSockSite(web.SockSite):
             return _Refused()
         server = self._runner.server
         assert server is not None
-        return _Counted(server(), self._live)
+        return _Counted(server(), self._live, self._registry)
 
     async def start(self) -> None:
         # web.SockSite.start with our factory in place of the runner's server.
@@ -333,7 +380,7 @@ class AgentSites:
         # sockname: the name the listener was bound under (which may be a
         # temporary name renamed into place, or hive-priv's path).
         self._registry.add(key, name, uid)
-        site = _CappedSockSite(self._runner, sock, MAX_AGENT_CONNECTIONS)
+        site = _CappedSockSite(self._runner, sock, MAX_AGENT_CONNECTIONS, self._registry)
         try:
             await site.start()
         except BaseException:

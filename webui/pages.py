@@ -1,8 +1,8 @@
 """The operator's pages, rendered by the core and reached only through the gateway.
 
 :func:`setup` registers every page route on the core's operator application
-through :func:`enforcer.authz.bind`, each with one catalogue action, so the
-core's default-deny middleware decides every page for the principal the
+through the core's :class:`enforcer.authz.Enforcer`, each with one catalogue
+action, so the core's default-deny enforcer decides every page for the principal the
 gateway vouched for (``operator`` only with a valid session):
 
 ==================================  ======================  ==========================
@@ -50,7 +50,7 @@ from aiohttp import web
 from enforcer import authz, operator_api
 from enforcer.agent_api import ID_PATTERN, parse_id
 from enforcer.corestate import CORE, CoreState
-from enforcer.errors import BadRequest, Forbidden
+from enforcer.errors import BadRequest, Forbidden, NotFound
 from enforcer.sessions import CSRF_FIELD, tokens_equal
 from webui import network_view, policy_view, views
 
@@ -354,7 +354,24 @@ def _static_res(request: web.Request) -> str:
     return f"static/{request.match_info.get('filename', '')}"
 
 
-def setup(app: web.Application) -> None:
+def _static_files(directory: Path) -> dict[str, Path]:
+    """The shipped assets: regular files directly in ``directory`` (no symlinks)."""
+    return {p.name: p for p in sorted(directory.iterdir()) if p.is_file() and not p.is_symlink()}
+
+
+# Served from a fixed list made once, so no request path ever reaches the file system.
+_STATIC_FILES = _static_files(STATIC_DIR)
+
+
+async def _static(request: web.Request) -> web.StreamResponse:
+    """One shipped asset (404 for any other name)."""
+    path = _STATIC_FILES.get(request.match_info["filename"])
+    if path is None:
+        raise NotFound("no such static file")
+    return web.FileResponse(path)
+
+
+def setup(app: web.Application, enforcer: authz.Enforcer) -> None:
     """Register the pages, their actions and the templates on the core's operator app."""
     aiohttp_jinja2.setup(
         app,
@@ -364,11 +381,11 @@ def setup(app: web.Application) -> None:
         default_helpers=False,
     )
     name, qid = f"{{name:{operator_api.AGENT_NAME}}}", f"{{id:{ID_PATTERN}}}"
-    authz.bind(app, "GET", "/", dashboard, action="dashboard.view", resource="ui")
-    authz.bind(
+    enforcer.bind(app, "GET", "/", dashboard, action="dashboard.view", resource="ui")
+    enforcer.bind(
         app, "GET", "/questions", questions_page, action="question.list", resource="questions"
     )
-    authz.bind(
+    enforcer.bind(
         app,
         "POST",
         f"/questions/{qid}/answer",
@@ -376,11 +393,11 @@ def setup(app: web.Application) -> None:
         action="question.answer",
         resource=_id_res("question"),
     )
-    authz.bind(
+    enforcer.bind(
         app, "GET", "/approvals", approvals_page, action="approval.list", resource="approvals"
     )
     for verb, decision in (("approve", "approved"), ("deny", "denied")):
-        authz.bind(
+        enforcer.bind(
             app,
             "POST",
             f"/approvals/{qid}/{verb}",
@@ -388,10 +405,10 @@ def setup(app: web.Application) -> None:
             action=f"approval.{verb}",
             resource=_id_res("approval"),
         )
-    authz.bind(
+    enforcer.bind(
         app, "GET", f"/agents/{name}", agent_page, action="agent.read", resource=_agent_res()
     )
-    authz.bind(
+    enforcer.bind(
         app,
         "GET",
         f"/agents/{name}/destroy",
@@ -400,7 +417,7 @@ def setup(app: web.Application) -> None:
         resource=_agent_res(),
     )
     for verb in _VERBS:
-        authz.bind(
+        enforcer.bind(
             app,
             "POST",
             f"/agents/{name}/{verb}",
@@ -408,9 +425,11 @@ def setup(app: web.Application) -> None:
             action=f"container.{verb}",
             resource=_agent_res("/container"),
         )
-    authz.bind(app, "GET", "/policy", policy_page, action="policy.read", resource="policy")
-    authz.bind(
+    enforcer.bind(app, "GET", "/policy", policy_page, action="policy.read", resource="policy")
+    enforcer.bind(
         app, "POST", "/policy/reload", policy_reload, action="policy.reload", resource="policy"
     )
-    authz.bind(app, "GET", "/audit", audit_page, action="audit.read", resource="audit")
-    authz.bind_static(app, "/static", STATIC_DIR, action="static.read", resource=_static_res)
+    enforcer.bind(app, "GET", "/audit", audit_page, action="audit.read", resource="audit")
+    enforcer.bind(
+        app, "GET", "/static/{filename}", _static, action="static.read", resource=_static_res
+    )

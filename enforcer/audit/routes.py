@@ -15,12 +15,11 @@ hive-priv request's resource pattern equal to its action's.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
-from aiohttp.web_urldispatcher import PrefixedSubAppResource
 
 from enforcer import agent_api, authz, core, gateway, priv_protocol
 from enforcer.audit.report import AuditError, Check, Finding, Section, Table, check
@@ -57,21 +56,10 @@ class RouteFact:
         return f"{self.daemon}: {self.method} {self.path}"
 
 
-def _walk(app: web.Application) -> Iterator[tuple[web.Application, web.AbstractRoute]]:
-    # Sub-applications keep their own binding tables (authz.ROUTE_BINDINGS).
-    for resource in app.router.resources():
-        if isinstance(resource, PrefixedSubAppResource):
-            yield from _walk(resource.get_info()["app"])
-        else:
-            for route in resource:
-                yield app, route
-
-
 def app_routes(app: web.Application, daemon: str, channel: str) -> list[RouteFact]:
     """Every route of ``app`` (and its sub-applications) with its bound action."""
     out = []
-    for owner, route in _walk(app):
-        binding = owner.get(authz.ROUTE_BINDINGS, {}).get(route)
+    for route, binding in authz.route_bindings(app):
         path = route.resource.canonical if route.resource is not None else "?"
         out.append(
             RouteFact(daemon, channel, route.method, path, binding.action if binding else None)

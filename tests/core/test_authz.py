@@ -49,7 +49,6 @@ def test_sub_applications_and_static_routes_are_checked(
 ) -> None:
     catalogue = engine.current.catalogue  # type: ignore[union-attr]
     app = web.Application()
-    authz.bind_static(app, "/static", tmp_path, action="static.read", resource="static/x")
     sub = web.Application()
     authz.bind(sub, "GET", "/ok", _ok, action="health.read", resource="health")
     app.add_subapp("/sub", sub)
@@ -59,6 +58,10 @@ def test_sub_applications_and_static_routes_are_checked(
     app.add_subapp("/sub2", sub2)
     with pytest.raises(authz.UnboundRouteError, match="OPTIONS"):
         authz.check_routes(app, catalogue, channel="gateway")
+    static = web.Application()
+    static.router.add_static("/static", tmp_path)  # serves files, bound to nothing
+    with pytest.raises(authz.UnboundRouteError, match="/static"):
+        authz.check_routes(static, catalogue, channel="gateway")
 
 
 def test_unknown_actions_are_refused(engine: PolicyEngine) -> None:
@@ -90,7 +93,7 @@ def test_the_agent_surface_holds_only_agent_self_actions(engine: PolicyEngine) -
 async def test_the_running_agent_app_routes_are_exactly_the_agent_table(core: Core) -> None:
     app = core.state.agent_app
     assert app is not None
-    seen = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource}
+    seen = {(r.method, r.resource.canonical) for r, _ in authz.route_bindings(app) if r.resource}
     assert seen == {(r.method, re.sub(r":[^}]*\}", "}", r.path)) for r in agent_api.ROUTES}
 
 
@@ -145,6 +148,27 @@ async def test_every_decision_is_logged_once_with_its_fields(core: Core) -> None
         "approval:1",
         "deny",
     )
+
+
+async def test_a_route_bound_but_not_enforced_is_a_start_up_error(
+    hive_dirs: tuple[Path, Path],
+) -> None:
+    app = create_app(make_config(*hive_dirs))
+    # Recorded with an action, but this app has no enforcement middleware:
+    # nothing would decide its requests.
+    authz.bind(app, "GET", "/api/loose", _ok, action="health.read", resource="health")
+    runner = web.AppRunner(app)
+    with pytest.raises(authz.UnboundRouteError, match="/api/loose: bound but not enforced"):
+        await runner.setup()
+    await runner.cleanup()
+
+
+async def test_the_only_unbound_agent_route_is_the_enforcers_fallback(core: Core) -> None:
+    app = core.state.agent_app
+    assert app is not None
+    bound = {r for r, _ in authz.route_bindings(app)}
+    rest = [r.resource.canonical for r in app.router.routes() if r not in bound and r.resource]
+    assert rest == ["/{_unmatched}"]
 
 
 async def test_unmatched_routes_are_404_json_and_run_nothing(core: Core) -> None:
