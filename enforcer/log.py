@@ -59,19 +59,22 @@ class _LineLogger:
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self._torn = False
+        try:
+            self._fd: int | None = stream.fileno()
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            self._fd = None  # an in-memory stream (tests)
 
     def msg(self, message: str) -> None:
-        line = ("\n" if self._torn else "") + message + "\n"
-        try:
-            fd = self._stream.fileno()
-        except (AttributeError, OSError, io.UnsupportedOperation):
-            self._stream.write(line)  # an in-memory stream (tests)
+        fd = self._fd
+        if fd is None:
+            self._stream.write(("\n" if self._torn else "") + message + "\n")
             self._stream.flush()
             return
         self._stream.flush()  # keep order with anything written through the stream
-        data = line.encode()
+        data = f"{chr(10) if self._torn else ''}{message}\n".encode()
         written = 0
         try:
+            written = os.write(fd, data)
             while written < len(data):
                 written += os.write(fd, data[written:])
         except OSError:

@@ -1,0 +1,86 @@
+"""The core's enforcer: a cached verdict never outlives its policy version, and
+every request - cached or not - is decided and logged."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+from enforcer.config import default_policy_dir
+from tests.core.conftest import make_config, start_core
+
+WHOAMI_LINE = "p, role:agent, socket, agent:{self}, agent.whoami\n"
+WHOAMI_ALLOW_CASE = (
+    'principal = "agent:alpha"\nchannel = "socket"\nresource = "agent:alpha"\n'
+    'action = "agent.whoami"\nexpect = "allow"\n'
+)
+
+
+def _policies(tmp: Path) -> Path:
+    directory = tmp / "policies"
+    shutil.copytree(default_policy_dir(), directory)
+    return directory
+
+
+def _revoke_whoami(directory: Path) -> None:
+    csv = directory / "policy.csv"
+    text = csv.read_text()
+    assert WHOAMI_LINE in text
+    csv.write_text(text.replace(WHOAMI_LINE, ""))
+    cases = directory / "tests.toml"
+    text = cases.read_text()
+    assert WHOAMI_ALLOW_CASE in text
+    cases.write_text(text.replace(WHOAMI_ALLOW_CASE, WHOAMI_ALLOW_CASE.replace("allow", "deny")))
+
+
+async def test_a_reload_takes_effect_on_the_very_next_request(
+    hive_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    policies = _policies(tmp_path)
+    config = dataclasses.replace(make_config(*hive_dirs), policy_dir=policies)
+    core = await start_core(config)
+    try:
+        await core.register("alpha")
+        async with core.agent("alpha") as agent:
+            for _ in range(3):  # the verdict is cached now
+                assert (await agent.get("/v1/whoami")).status == 200
+            _revoke_whoami(policies)
+            result = core.state.engine.reload()
+            assert result.ok, result
+            assert result.changed
+            resp = await agent.get("/v1/whoami")
+            assert resp.status == 403
+            assert (await resp.json())["error"] == "forbidden"
+        ring = core.state.decisions
+        assert [e["decision"] for e in ring if e["action"] == "agent.whoami"] == [
+            "allow",
+            "allow",
+            "allow",
+            "deny",
+        ]
+        assert ring[-1]["revision"] == result.revision
+        assert ring[-1]["rule"] is None
+        # One decision per request, each with its own request id.
+        ids = [e["request_id"] for e in ring]
+        assert len(ids) == len(set(ids))
+    finally:
+        await core.runner.cleanup()
+
+
+async def test_removing_an_agent_refuses_its_open_connections(
+    hive_dirs: tuple[Path, Path],
+) -> None:
+    core = await start_core(make_config(*hive_dirs))
+    try:
+        await core.register("alpha")
+        async with core.agent("alpha") as agent:
+            # Admitted once on this keep-alive connection...
+            assert (await agent.get("/v1/whoami")).status == 200
+            await core.state.agent_sites.remove("alpha")
+            # ...and refused on the same connection once the agent is gone.
+            resp = await agent.get("/v1/whoami")
+            assert resp.status == 403
+            assert "no registered agent" in (await resp.json())["reason"]
+    finally:
+        await core.runner.cleanup()
