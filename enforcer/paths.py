@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
 
 from enforcer.errors import BadRequest
 from enforcer.names import AGENT_NAME_RE
@@ -53,6 +54,7 @@ __all__ = [
     "PathRejected",
     "PathTooLong",
     "Target",
+    "agent_redirect_problem",
     "agent_target",
     "check_target",
     "in_agent_space",
@@ -256,3 +258,38 @@ def agent_target(target: Target) -> AgentTarget | None:
         view, slash, tail = tail.partition("/")
         return AgentTarget(name, slash + tail, target.query, view[len(VIEW_MARK) :])
     return AgentTarget(name, slash + tail, target.query)
+
+
+# The origin a Location is resolved against: any fixed one will do, because a
+# location that brings its own scheme or authority is refused whatever it is.
+_REDIRECT_BASE = "http://gateway.invalid"
+
+
+def agent_redirect_problem(location: str, request_path: str, prefix: str) -> str | None:
+    """Why an agent UI's ``Location`` would take the browser out of its space, or None.
+
+    ``request_path`` is the path the browser asked for (relative locations are
+    resolved against it) and ``prefix`` the agent's space, ``/agent/<name>/``.
+    Accepted: a reference without scheme or authority that resolves - as a
+    browser resolves it, dot segments included - to a path inside ``prefix``
+    that :func:`path_problem` accepts. Refused: any scheme (``https:``,
+    ``javascript:``), any authority (``//host``), backslashes, whitespace and
+    controls (browsers drop or reinterpret them), escaped dots or slashes.
+    Pure.
+    """
+    if not location:
+        return "an empty Location"
+    if any(c <= " " or c == "\\" or c == "\x7f" for c in location):
+        return "whitespace, a control character or a backslash in the Location"
+    parts = urlsplit(location)
+    if parts.scheme or parts.netloc:
+        return "a Location with a scheme or a host (an agent may redirect only within its pages)"
+    resolved = urlsplit(urljoin(_REDIRECT_BASE + request_path, location))
+    if f"{resolved.scheme}://{resolved.netloc}" != _REDIRECT_BASE:
+        return "a Location that leaves the gateway's origin"
+    problem = path_problem(resolved.path)
+    if problem is not None:
+        return f"a Location with {problem.removeprefix('the path ')}"
+    if not resolved.path.startswith(prefix):
+        return "a Location outside the agent's own pages"
+    return None

@@ -239,3 +239,66 @@ def test_state_changes_without_session_token_or_origin_never_happen(
         return
     assert gw.stack.core.state_changes == before + (1 if allowed else 0), resp.status
     assert (resp.status == 200) == allowed
+
+
+# --- agent redirects (pure) ------------------------------------------------------
+
+LOCATION_PIECES = [
+    "", ".", "..", "%2e", "%2e%2e", "/", "//", "\\", "\t", "\n", " ", "evil.example",
+    "https:", "javascript:alert(1)", "agent", "alpha", "beta", "@cap", "api", "x?y=1",
+    "#f", "%2f", "%5c", "http:", "gateway.invalid",
+]  # fmt: skip
+
+
+@st.composite
+def locations(draw: st.DrawFn) -> str:
+    """Location values an agent UI might send: relative, absolute, hostile."""
+    parts = draw(st.lists(st.sampled_from(LOCATION_PIECES), min_size=1, max_size=6))
+    return draw(st.sampled_from(["", "/", "/agent/alpha/", "//"])) + "/".join(parts)
+
+
+def _browser_resolves(location: str, request_path: str) -> tuple[str, str]:
+    """(origin, path) as a browser would resolve it: tabs/newlines dropped, '\\' as '/'."""
+    from urllib.parse import urljoin, urlsplit
+
+    cleaned = location.replace("\t", "").replace("\n", "").replace("\\", "/").strip()
+    resolved = urlsplit(urljoin("http://gw.test" + request_path, cleaned))
+    return f"{resolved.scheme}://{resolved.netloc}", resolved.path
+
+
+@given(
+    locations(), st.sampled_from(["/agent/alpha/", "/agent/alpha/@cap/page", "/agent/alpha/a/b"])
+)
+def test_an_accepted_agent_redirect_stays_in_that_agents_pages(
+    location: str, request_path: str
+) -> None:
+    if paths.agent_redirect_problem(location, request_path, "/agent/alpha/") is not None:
+        return
+    origin, path = _browser_resolves(location, request_path)
+    assert origin == "http://gw.test"
+    assert path.startswith("/agent/alpha/")
+    assert paths.path_problem(path) is None
+
+
+@pytest.mark.parametrize(
+    ("location", "accepted"),
+    [
+        ("x", True),
+        ("../x", True),
+        ("/agent/alpha/done", True),
+        ("?saved=1", True),
+        ("/elsewhere", False),
+        ("/api/agents", False),
+        ("../../api/agents", False),
+        ("/agent/beta/", False),
+        ("//evil.example/", False),
+        ("/\\evil.example/", False),
+        ("https://evil.example/", False),
+        ("javascript:alert(1)", False),
+        ("/agent/alpha/%2e%2e/%2e%2e/api", False),
+        ("\t//evil.example", False),
+    ],
+)
+def test_agent_redirect_examples(location: str, accepted: bool) -> None:
+    problem = paths.agent_redirect_problem(location, "/agent/alpha/@cap/page", "/agent/alpha/")
+    assert (problem is None) == accepted, problem
