@@ -17,6 +17,7 @@ Example::
     [gateway]
     listen = "127.0.0.1:8080"
     user = "hive-gateway"
+    workers = 2                    # processes sharing the port (default: one per CPU)
 """
 
 from __future__ import annotations
@@ -92,6 +93,13 @@ class GatewayConfig:
     session_ttl_seconds: int = 8 * 3600
     connect_timeout: float = 3.0
     idle_timeout: float = 30.0
+    # Worker processes sharing the listening port (sessions are self-verifying,
+    # so any worker serves any request): one per CPU unless set.
+    workers: int = field(default_factory=lambda: max(1, len(os.sched_getaffinity(0))))
+
+    def __post_init__(self) -> None:
+        if isinstance(self.workers, bool) or not 1 <= self.workers <= 64:
+            raise ConfigError(f"[gateway] workers must be 1..64, got {self.workers!r}")
 
     @property
     def origin(self) -> str:

@@ -137,9 +137,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import html
 import json
 import re
+import signal
+import socket
 import ssl
 import sys
 import time
@@ -154,7 +157,7 @@ from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
 from yarl import URL
 
-from enforcer import authz, paths, proxy
+from enforcer import authz, paths, proxy, supervisor
 from enforcer.config import ConfigError, HiveConfig, load_config
 from enforcer.errors import BadRequest, Forbidden, HiveError, NotFound, Unavailable
 from enforcer.log import configure_logging, get_logger
@@ -168,6 +171,7 @@ from enforcer.sessions import (
     cookie_name,
     load_or_create_token,
     origin_allowed,
+    session_dir,
     tokens_equal,
 )
 
@@ -181,6 +185,7 @@ __all__ = [
     "add_arguments",
     "create_app",
     "run",
+    "serve_worker",
 ]
 
 _log = get_logger("enforcer.gateway")
@@ -410,7 +415,13 @@ def _check_ui_url(name: str, raw: str) -> URL:
 
 
 def _authority(config: HiveConfig) -> str:
-    return URL(config.gateway.origin).raw_authority
+    return _authority_of(config.gateway.origin)
+
+
+@functools.lru_cache(maxsize=8)
+def _authority_of(origin: str) -> str:
+    # Asked on every proxied request: parse the configured origin once.
+    return URL(origin).raw_authority
 
 
 def _tls(config: HiveConfig) -> bool:
@@ -638,7 +649,7 @@ async def _login(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(0.2)  # a little friction for guessers; the token is 256 bits anyway
         return _page("Log in", _login_form(next_target, "That token is not right."), status=401)
     store = request.app[SESSIONS]
-    store.revoke(request.get(_SESSION_ID))
+    store.revoke(request.get(_SESSION_ID))  # a login over an old cookie replaces it
     session_id, session = store.create()
     _log.info("login.ok", request_id=request.get(authz.REQUEST_ID))
     response = _see_other(next_target)
@@ -783,6 +794,11 @@ async def _agent_ui(request: web.Request) -> web.StreamResponse:
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     app[_TOKEN].append(load_or_create_token(config.operator_token_file))
+    # Every worker opens the same key and revocation file: any of them can
+    # check any session, and a logout through one is seen by all.
+    app[SESSIONS] = SessionStore.shared(
+        session_dir(config.state_dir), config.gateway.session_ttl_seconds
+    )
     connect, idle = config.gateway.connect_timeout, config.gateway.idle_timeout
     async with (
         proxy.unix_session(config.core_socket, connect_timeout=connect, idle_timeout=idle) as core,
@@ -814,7 +830,6 @@ def create_app(config: HiveConfig, *, engine: PolicyEngine | None = None) -> web
     )
     app[CONFIG] = config
     app[ENGINE] = engine
-    app[SESSIONS] = SessionStore(config.gateway.session_ttl_seconds)
     app[_TOKEN] = []
     app.cleanup_ctx.append(_resources)
     app.on_startup.append(authz.startup_check(engine=engine, channel="gateway"))
@@ -870,6 +885,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``hive-boundary gateway``."""
     parser.add_argument("--config", type=Path, help="hive.toml (default /etc/hive/hive.toml)")
     parser.add_argument("--listen", help="HOST:PORT to listen on (overrides [gateway] listen)")
+    parser.add_argument(
+        "--workers", type=int, help="worker processes (overrides [gateway] workers; default: CPUs)"
+    )
 
 
 def _config_from_args(args: argparse.Namespace) -> HiveConfig:
@@ -880,14 +898,64 @@ def _config_from_args(args: argparse.Namespace) -> HiveConfig:
             raise ConfigError("--listen must be HOST:PORT")
         gateway = replace(config.gateway, host=host.strip("[]"), port=int(port))
         config = replace(config, gateway=gateway)
+    if args.workers is not None:
+        config = replace(config, gateway=replace(config.gateway, workers=args.workers))
     return config
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    # uvloop when installed (requirements.lock pins it): the same asyncio API,
+    # a faster loop and transports - the proxy's hot path is mostly I/O glue.
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def serve_worker(config: HiveConfig, sock: socket.socket) -> int:
+    """One gateway worker: serve ``create_app(config)`` on the listening ``sock``.
+
+    Returns 0 after SIGTERM/SIGINT (requests in flight are finished first).
+    """
+    loop = _new_loop()
+    asyncio.set_event_loop(loop)
+
+    async def serve() -> None:
+        runner = web.AppRunner(create_app(config), access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            site = web.SockSite(runner, sock, ssl_context=_ssl_context(config))
+            await site.start()
+            stop = asyncio.Event()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+    try:
+        loop.run_until_complete(serve())
+    finally:
+        loop.close()
+    return 0
+
+
+def _preflight(config: HiveConfig) -> None:
+    """What every worker needs, made or checked once before any starts (clear errors)."""
+    load_or_create_token(config.operator_token_file)
+    SessionStore.shared(session_dir(config.state_dir), config.gateway.session_ttl_seconds)
+    _ssl_context(config)
+
+
 def run(config: HiveConfig | argparse.Namespace) -> int:
-    """Serve the gateway until interrupted.
+    """Serve the gateway with ``[gateway] workers`` processes until SIGTERM/SIGINT.
 
     Takes a :class:`HiveConfig`, or the parsed ``hive-boundary gateway``
-    arguments (the daemons' dispatch table calls ``run(args)``).
+    arguments (the daemons' dispatch table calls ``run(args)``). The process
+    that runs this is the supervisor (:mod:`enforcer.supervisor`): it binds
+    one ``SO_REUSEPORT`` socket per worker, forks the workers, restarts one
+    that dies, and forwards SIGTERM/SIGINT.
     """
     configure_logging()
     if isinstance(config, argparse.Namespace):
@@ -896,13 +964,19 @@ def run(config: HiveConfig | argparse.Namespace) -> int:
         except HiveError as e:
             print(f"hive-boundary gateway: {e.reason}", file=sys.stderr)
             return 2
-    app = create_app(config)
-    web.run_app(
-        app,
-        host=config.gateway.host,
-        port=config.gateway.port,
-        ssl_context=_ssl_context(config),
-        access_log=None,
-        print=None,
-    )
-    return 0
+    gw = config.gateway
+    try:
+        _preflight(config)
+        listeners = supervisor.bind_listeners(gw.host, gw.port, gw.workers)
+    except HiveError as e:
+        print(f"hive-boundary gateway: {e.reason}", file=sys.stderr)
+        return 2
+    except (OSError, ssl.SSLError) as e:
+        print(f"hive-boundary gateway: cannot listen on {gw.host}:{gw.port}: {e}", file=sys.stderr)
+        return 2
+    _log.info("gateway.listening", origin=gw.origin, workers=gw.workers)
+    try:
+        return supervisor.supervise(listeners, lambda i: serve_worker(config, listeners[i]))
+    finally:
+        for sock in listeners:
+            sock.close()

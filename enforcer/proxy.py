@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -77,6 +78,8 @@ _WEBSOCKET_HANDSHAKE = frozenset(
 )
 _SPOOFABLE_EXACT = frozenset({"forwarded", "x-real-ip"})
 _SPOOFABLE_PREFIXES = ("x-hive-", "x-forwarded-")
+_REQUEST_REFUSED = HOP_BY_HOP | _REQUEST_OWN
+_RESPONSE_REFUSED_PREFIXES = ("access-control-", "x-hive-")
 SMALL_BODY = 16 * 1024
 """Bodies up to this size with a known length are sent with their headers in one write."""
 
@@ -114,15 +117,28 @@ def _connection_named(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> set
     return named
 
 
+@functools.lru_cache(maxsize=64)
+def _refused(base: frozenset[str], drop: tuple[str, ...] | frozenset[str]) -> frozenset[str]:
+    # Callers pass the same few constant ``drop`` collections on every request:
+    # the union is built once per distinct one, not per request.
+    return base | {d.lower() for d in drop}
+
+
+def _drop_key(drop: Iterable[str]) -> tuple[str, ...] | frozenset[str]:
+    return drop if isinstance(drop, tuple | frozenset) else tuple(drop)
+
+
 def filter_request_headers(
     headers: CIMultiDictProxy[str], *, drop: Iterable[str] = ()
 ) -> CIMultiDict[str]:
     """Client headers fit to forward: no hop-by-hop, spoofable, ``Host`` or ``drop`` names."""
-    refused = HOP_BY_HOP | _REQUEST_OWN | _connection_named(headers) | {d.lower() for d in drop}
+    refused = _refused(_REQUEST_REFUSED, _drop_key(drop))
+    if "Connection" in headers:
+        refused = refused | _connection_named(headers)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         lower = name.lower()
-        if lower in refused or is_spoofable(lower):
+        if lower in refused or lower in _SPOOFABLE_EXACT or lower.startswith(_SPOOFABLE_PREFIXES):
             continue
         out.add(name, value)
     return out
@@ -132,11 +148,13 @@ def filter_response_headers(
     headers: CIMultiDictProxy[str], *, drop: Iterable[str] = ()
 ) -> CIMultiDict[str]:
     """Upstream headers fit to return: no hop-by-hop, ``Access-Control-*``, ``X-Hive-*``."""
-    refused = HOP_BY_HOP | _connection_named(headers) | {d.lower() for d in drop}
+    refused = _refused(HOP_BY_HOP, _drop_key(drop))
+    if "Connection" in headers:
+        refused = refused | _connection_named(headers)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         lower = name.lower()
-        if lower in refused or lower.startswith(("access-control-", "x-hive-")):
+        if lower in refused or lower.startswith(_RESPONSE_REFUSED_PREFIXES):
             continue
         out.add(name, value)
     return out

@@ -1,37 +1,57 @@
 """Operator authentication at the gateway: the token file, sessions, CSRF tokens.
 
+Sessions are *self-verifying*, so that every gateway worker process (see
+:mod:`enforcer.supervisor`) agrees on them without sharing memory:
+
 - The operator token is generated at the gateway's first start into
   ``STATE/operator-token`` (``HiveConfig.operator_token_file``), mode 0600,
   created with ``O_EXCL|O_NOFOLLOW``; a later start reads it and refuses a
   file that is not a regular file or that group/others can read.
-- Logging in exchanges the token (compared in constant time) for a session:
-  a random 256-bit id in a cookie (``HttpOnly``, ``SameSite=Strict``, ``Path=/``,
-  ``Secure`` and the ``__Host-`` name prefix with TLS). The store keeps only
-  a hash of the id, in memory, with an absolute expiry; logout revokes it.
-- Each session has its own CSRF token; a state-changing request must carry it
-  (``X-CSRF-Token`` header or ``csrf_token`` form field), compared in
-  constant time against the session's.
+- A 256-bit *session key* lives in ``STATE/gateway/session-key`` (the
+  directory 0700, the file 0600, owned by the gateway's user). Whichever
+  worker starts first creates it (written to a private ``O_EXCL`` temporary
+  file, then published with ``link(2)``, which fails if the name exists:
+  exactly one key wins and no worker ever reads a half-written file); the
+  others read it. Deleting it (and restarting) ends every session.
+- Logging in exchanges the token (compared in constant time) for a session
+  cookie ``<id>.<expiry>.<mac>``: a random 256-bit id, the absolute expiry
+  (Unix seconds), and HMAC-SHA256 over both under a subkey of the session
+  key. The cookie is ``HttpOnly``, ``SameSite=Strict``, ``Path=/``, and
+  ``Secure`` with the ``__Host-`` name prefix under TLS. Any worker checks it
+  with :func:`hmac.compare_digest`; nothing about a session is stored.
+- The session's CSRF token and its *handle* (a 96-bit name for revocation)
+  are HMACs of the id under their own subkeys: every worker derives the
+  same ones, and neither reveals the id or the key.
+- Logout (and a new login over an old cookie) appends the session's handle
+  and expiry to ``STATE/gateway/revoked`` (a 0600 file of 16-byte records,
+  under ``flock``) before it answers; every worker checks that file's inode,
+  size and mtime on each lookup and re-reads it when they changed, so a
+  logged-out cookie is refused by every worker from the very next request.
+  Records of expired sessions are dropped when the file grows.
 - Each session can hand out *view capabilities*, one per agent
-  (:meth:`SessionStore.view_capability`): ``<view id><mac>``, where the view id
-  is the session's own random public handle (never derived from the cookie)
-  and the mac is HMAC-SHA256 under a per-store random secret over
-  ``("agent.ui.view", view id, agent name)``, cut to 128 bits. It opens that
-  one agent's UI space at the gateway while the session lives, and nothing
-  else (:meth:`SessionStore.view_session`); logout, expiry, eviction or a new
-  login (which replaces the session) end it. Why that is safe to give to
-  agent content is in :mod:`enforcer.gateway`.
+  (:meth:`SessionStore.view_capability`): ``<view id><mac>``, where the view
+  id is the session's expiry and handle (never the id itself) and the mac is
+  HMAC-SHA256 under another subkey over ``("agent.ui.view", view id, agent
+  name)``, cut to 128 bits. It opens that one agent's UI space at the gateway
+  while the session lives, and nothing else (:meth:`SessionStore.view_session`);
+  logout, expiry or a new login end it. Why that is safe to give to agent
+  content is in :mod:`enforcer.gateway`.
+
+Clocks: expiry is wall-clock time (``time.time``), the only clock that
+worker processes and restarts share.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
+import contextlib
+import fcntl
 import hmac
 import os
 import secrets
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,13 +61,20 @@ __all__ = [
     "CSRF_COOKIE",
     "CSRF_FIELD",
     "CSRF_HEADER",
+    "KEY_FILE",
+    "REVOKED_FILE",
     "VIEW_CAPABILITY_LENGTH",
+    "Revocations",
     "Session",
+    "SessionKeyError",
     "SessionStore",
     "TokenFileError",
     "cookie_name",
+    "ensure_session_dir",
+    "load_or_create_key",
     "load_or_create_token",
     "origin_allowed",
+    "session_dir",
     "tokens_equal",
 ]
 
@@ -58,12 +85,23 @@ CSRF_COOKIE = "hive_csrf"
 (SameSite=Strict) and to agent content (sandboxed: an opaque origin, no cookies)."""
 
 _TOKEN_BYTES = 32
-_VIEW_ID_BYTES = 16
+_SESSION_ID_CHARS = 43  # base64url of 32 bytes, unpadded
+_KEY_BYTES = 32
+_HANDLE_BYTES = 12
+_RECORD_BYTES = _HANDLE_BYTES + 4
+_COOKIE_MAX = 128
 _VIEW_MAC_BYTES = 16
-_VIEW_ID_CHARS = 22  # base64url of 16 bytes, unpadded
+_VIEW_ID_CHARS = 22  # base64url of 16 bytes (expiry + handle), unpadded
 VIEW_CAPABILITY_LENGTH = 44
 """Characters in a view capability: a 22-character view id, a 22-character mac."""
-_VIEW_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_B64URL_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_VIEW_ALPHABET = _B64URL_ALPHABET
+KEY_FILE = "session-key"
+"""The session key's file name in :func:`session_dir` (0600)."""
+REVOKED_FILE = "revoked"
+"""The revocation file's name in :func:`session_dir` (0600; ``revoked.lock`` beside it)."""
+_REVOKED_COMPACT_BYTES = 64 * 1024  # 4096 records: then expired ones are dropped
+_PURGE_EVERY = 60.0  # seconds between sweeps of expired handles in memory
 
 
 class TokenFileError(HiveError):
@@ -71,6 +109,13 @@ class TokenFileError(HiveError):
 
     status = 500
     code = "bad_token_file"
+
+
+class SessionKeyError(HiveError):
+    """The session key or the gateway's state directory is unusable."""
+
+    status = 500
+    code = "bad_session_key"
 
 
 def tokens_equal(given: str, expected: str) -> bool:
@@ -122,16 +167,221 @@ def cookie_name(tls: bool) -> str:
     return "__Host-hive_session" if tls else "hive_session"
 
 
-def _digest(session_id: str) -> bytes:
-    return hashlib.sha256(session_id.encode("utf-8")).digest()
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _mac(key: bytes, message: bytes) -> bytes:
+    return hmac.digest(key, message, "sha256")
+
+
+# --- the session key --------------------------------------------------------------
+
+
+def session_dir(state_dir: Path) -> Path:
+    """The gateway's own directory under the state directory (0700, its user's)."""
+    return state_dir / "gateway"
+
+
+def ensure_session_dir(path: Path) -> Path:
+    """``path`` as a directory only its owner can enter (made 0700 if missing)."""
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        info = os.lstat(path)
+    except OSError as e:
+        raise SessionKeyError(f"{path}: cannot make the gateway's state directory: {e}") from e
+    if not stat.S_ISDIR(info.st_mode):
+        raise SessionKeyError(f"{path}: not a directory")
+    if info.st_mode & 0o077:
+        raise SessionKeyError(
+            f"{path}: the gateway's state directory is open to others "
+            f"(mode {stat.S_IMODE(info.st_mode):04o}); chmod 700 it"
+        )
+    return path
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """The 32-byte session key at ``path``; created (0600) by the first caller.
+
+    The key is written to a private ``O_EXCL`` temporary file and published
+    with ``link(2)``, which fails when ``path`` exists: of several workers
+    starting together exactly one key wins, and none reads a partial file.
+    """
+    try:
+        return _read_key(path)
+    except FileNotFoundError:
+        pass
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        raise SessionKeyError(f"{path}: cannot create the session key: {e}") from e
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(secrets.token_bytes(_KEY_BYTES).hex() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileExistsError):  # another worker's key won
+            os.link(temp, path)
+    except OSError as e:
+        raise SessionKeyError(f"{path}: cannot create the session key: {e}") from e
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+    try:
+        return _read_key(path)
+    except FileNotFoundError as e:
+        raise SessionKeyError(f"{path}: the session key vanished while it was made") from e
+
+
+def _read_key(path: Path) -> bytes:
+    """The key at ``path``; FileNotFoundError when absent, SessionKeyError when unusable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise SessionKeyError(f"{path}: cannot open the session key: {e}") from e
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise SessionKeyError(f"{path}: the session key is not a regular file")
+        if info.st_mode & 0o077:
+            raise SessionKeyError(
+                f"{path}: the session key is readable by others "
+                f"(mode {stat.S_IMODE(info.st_mode):04o}); delete it (every session ends)"
+            )
+        text = f.read(256).strip()
+    try:
+        key = bytes.fromhex(text.decode("ascii"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise SessionKeyError(f"{path}: the session key is not hex") from e
+    if len(key) != _KEY_BYTES:
+        raise SessionKeyError(f"{path}: the session key is not {_KEY_BYTES} bytes")
+    return key
+
+
+# --- revocations --------------------------------------------------------------------
+
+
+class Revocations:
+    """Handles of ended sessions until they expire, shared through a file if given one.
+
+    Records are 16 bytes: the 12-byte handle and the session's expiry (32-bit
+    Unix seconds, big-endian). Writers append under ``flock`` on a lock file
+    beside it; readers check the file's (inode, size, mtime) on every lookup
+    and merge what it holds into memory when that changed. Merging (never
+    replacing) means a record once seen stays refused until its session
+    expires, even if the file were lost.
+    """
+
+    def __init__(self, path: Path | None = None, *, clock: Callable[[], float] = time.time):
+        self._path = path
+        self._clock = clock
+        self._known: dict[bytes, int] = {}
+        self._seen: tuple[int, int, int] | None = None
+        self._purged_at = 0.0
+        if path is not None:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+            except OSError as e:
+                raise SessionKeyError(f"{path}: cannot open the revocation file: {e}") from e
+            os.close(fd)
+            self._refresh()
+
+    def __contains__(self, handle: bytes) -> bool:
+        self._refresh()
+        return handle in self._known
+
+    def add(self, handle: bytes, expires: int) -> None:
+        """Record an ended session (visible to every reader once this returns)."""
+        self._known[handle] = expires
+        if self._path is None:
+            return
+        record = handle + expires.to_bytes(4, "big")
+        with self._locked():
+            fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, record)
+                size = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+            if size > _REVOKED_COMPACT_BYTES:
+                self._compact()
+
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        assert self._path is not None
+        lock_path = self._path.with_name(self._path.name + ".lock")
+
+        @contextlib.contextmanager
+        def hold() -> Iterator[None]:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+
+        return hold()
+
+    def _compact(self) -> None:
+        """Rewrite the file without expired records (lock held)."""
+        assert self._path is not None
+        now = self._clock()
+        live = {h: e for h, e in self._parse(self._read()).items() if e > now}
+        temp = self._path.with_name(f".{self._path.name}.{os.getpid()}")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"".join(h + e.to_bytes(4, "big") for h, e in live.items()))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, self._path)
+
+    def _read(self) -> bytes:
+        assert self._path is not None
+        fd = os.open(self._path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
+
+    @staticmethod
+    def _parse(data: bytes) -> dict[bytes, int]:
+        whole = len(data) - len(data) % _RECORD_BYTES  # a record being appended: next time
+        return {
+            data[i : i + _HANDLE_BYTES]: int.from_bytes(data[i + _HANDLE_BYTES : i + _RECORD_BYTES])
+            for i in range(0, whole, _RECORD_BYTES)
+        }
+
+    def _refresh(self) -> None:
+        if self._path is not None:
+            try:
+                info = os.stat(self._path)
+            except OSError:
+                info = None  # gone or unreadable: keep what is known
+            if info is not None:
+                seen = (info.st_ino, info.st_size, info.st_mtime_ns)
+                if seen != self._seen:
+                    try:
+                        self._known.update(self._parse(self._read()))
+                    except OSError:
+                        return  # try again on the next lookup
+                    self._seen = seen
+        now = self._clock()
+        if now - self._purged_at > _PURGE_EVERY:
+            self._purged_at = now
+            for handle in [h for h, e in self._known.items() if e <= now]:
+                del self._known[handle]
+
+
+# --- sessions -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Session:
-    """One operator session: its CSRF token, when it ends (store clock), its view id.
+    """One operator session: its CSRF token, when it ends (Unix seconds), its view id.
 
-    ``view_id`` is a random public handle that the session's view
-    capabilities start with (empty: the session hands out none).
+    ``view_id`` is the public handle that the session's view capabilities
+    start with (it names the session's expiry and revocation handle).
     """
 
     csrf_token: str
@@ -144,51 +394,112 @@ class Session:
 
 
 class SessionStore:
-    """Sessions in memory, keyed by the SHA-256 of the id, with absolute expiry.
+    """Self-verifying sessions under one key; ended ones in :class:`Revocations`.
 
-    Only hashes are kept, so a dictionary lookup's timing says nothing useful
-    about a valid id. At most ``max_sessions`` live at once (the oldest goes).
+    Without a ``key`` the store makes a random one of its own (one process
+    only: tests, tools); :meth:`shared` opens the gateway's key and
+    revocation file so that every worker process agrees.
     """
 
     def __init__(
         self,
         ttl_seconds: float,
         *,
-        clock: Callable[[], float] = time.monotonic,
-        max_sessions: int = 1024,
+        key: bytes | None = None,
+        revocations: Revocations | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.ttl = ttl_seconds
         self._clock = clock
-        self._max = max_sessions
-        self._sessions: dict[bytes, Session] = {}
-        # view id -> the session's key; the secret lives and dies with the store
-        # (sessions are in memory too: a restart ends both).
-        self._views: dict[str, bytes] = {}
-        self._view_secret = secrets.token_bytes(32)
+        root = key if key is not None else secrets.token_bytes(_KEY_BYTES)
+        # One subkey per use: a value made for one purpose never verifies as another.
+        self._cookie_key = _mac(root, b"hive-boundary session cookie")
+        self._csrf_key = _mac(root, b"hive-boundary csrf token")
+        self._handle_key = _mac(root, b"hive-boundary session handle")
+        self._view_key = _mac(root, b"hive-boundary view capability")
+        self._revoked = revocations if revocations is not None else Revocations(clock=clock)
+
+    @classmethod
+    def shared(
+        cls, directory: Path, ttl_seconds: float, *, clock: Callable[[], float] = time.time
+    ) -> SessionStore:
+        """The store every gateway worker shares: key and revocations under ``directory``."""
+        ensure_session_dir(directory)
+        key = load_or_create_key(directory / KEY_FILE)
+        return cls(
+            ttl_seconds,
+            key=key,
+            revocations=Revocations(directory / REVOKED_FILE, clock=clock),
+            clock=clock,
+        )
 
     def create(self) -> tuple[str, Session]:
-        """A new session: (the id to put in the cookie, the session)."""
-        self._purge()
-        while len(self._sessions) >= self._max:
-            # dicts keep insertion order: the first key is the oldest session.
-            self._drop(next(iter(self._sessions)))
+        """A new session: (the value to put in the cookie, the session)."""
         session_id = secrets.token_urlsafe(_TOKEN_BYTES)
-        view_id = secrets.token_urlsafe(_VIEW_ID_BYTES)
-        session = Session(secrets.token_urlsafe(_TOKEN_BYTES), self._clock() + self.ttl, view_id)
-        key = _digest(session_id)
-        self._sessions[key] = session
-        self._views[view_id] = key
-        return session_id, session
+        expires = int(self._clock() + self.ttl)
+        if not 0 < expires < 1 << 32:
+            raise ValueError("session expiry out of range")
+        cookie = f"{session_id}.{expires}.{self._cookie_mac(session_id, expires)}"
+        return cookie, self._session(session_id, expires)
 
-    def _drop(self, key: bytes) -> None:
-        session = self._sessions.pop(key, None)
-        if session is not None:
-            self._views.pop(session.view_id, None)
+    def _cookie_mac(self, session_id: str, expires: int) -> str:
+        return _b64(_mac(self._cookie_key, f"{session_id}.{expires}".encode("ascii")))
+
+    def _handle(self, session_id: str) -> bytes:
+        return _mac(self._handle_key, session_id.encode("ascii"))[:_HANDLE_BYTES]
+
+    def _session(self, session_id: str, expires: int) -> Session:
+        csrf = _b64(_mac(self._csrf_key, session_id.encode("ascii")))
+        view_id = _b64(expires.to_bytes(4, "big") + self._handle(session_id))
+        return Session(csrf, float(expires), view_id)
+
+    def _verified(self, cookie: str | None) -> tuple[str, int] | None:
+        """(id, expiry) of a cookie this store issued, whatever its state; None if forged."""
+        if not cookie or len(cookie) > _COOKIE_MAX:
+            return None
+        parts = cookie.split(".")
+        if len(parts) != 3:
+            return None
+        session_id, expires_text, mac = parts
+        if (
+            len(session_id) != _SESSION_ID_CHARS
+            or not 0 < len(expires_text) <= 10
+            or not expires_text.isdigit()
+            or not expires_text.isascii()
+            or not set(session_id) <= _B64URL_ALPHABET
+        ):
+            return None
+        expires = int(expires_text)
+        if not tokens_equal(mac, self._cookie_mac(session_id, expires)):
+            return None
+        return session_id, expires
+
+    def get(self, cookie: str | None) -> Session | None:
+        """The live session for a cookie value, or None (absent, forged, expired, revoked)."""
+        verified = self._verified(cookie)
+        if verified is None:
+            return None
+        session_id, expires = verified
+        if expires <= self._clock() or self._handle(session_id) in self._revoked:
+            return None
+        return self._session(session_id, expires)
+
+    def revoke(self, cookie: str | None) -> None:
+        """End a session (logout) and its view capabilities, for every worker at once.
+
+        Only a cookie this store issued is recorded (a forged one cannot grow
+        the file); an expired one needs no record.
+        """
+        verified = self._verified(cookie)
+        if verified is None:
+            return
+        session_id, expires = verified
+        if expires > self._clock():
+            self._revoked.add(self._handle(session_id), expires)
 
     def _view_mac(self, view_id: str, agent: str) -> str:
         message = f"agent.ui.view\0{view_id}\0{agent}".encode()
-        mac = hmac.new(self._view_secret, message, hashlib.sha256).digest()[:_VIEW_MAC_BYTES]
-        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+        return _b64(_mac(self._view_key, message)[:_VIEW_MAC_BYTES])
 
     def view_capability(self, session: Session, agent: str) -> str:
         """The capability that opens ``agent``'s UI space for ``session`` (and nothing else)."""
@@ -200,52 +511,19 @@ class SessionStore:
         """The live session that issued ``capability`` for ``agent``, or None.
 
         None for anything malformed, forged, issued for another agent, or of a
-        session that has ended (logout, expiry, eviction, replaced by a login).
+        session that has ended (logout, expiry, replaced by a login).
         """
         if len(capability) != VIEW_CAPABILITY_LENGTH or not set(capability) <= _VIEW_ALPHABET:
             return None
         view_id, mac = capability[:_VIEW_ID_CHARS], capability[_VIEW_ID_CHARS:]
         if not tokens_equal(mac, self._view_mac(view_id, agent)):
             return None
-        # The mac is checked first: a forged capability costs the same whether
-        # or not its view id exists, so timing says nothing about live ids.
-        key = self._views.get(view_id)
-        if key is None:
+        raw = base64.urlsafe_b64decode(view_id + "==")
+        expires, handle = int.from_bytes(raw[:4], "big"), raw[4:]
+        if expires <= self._clock() or handle in self._revoked:
             return None
-        session = self._sessions.get(key)
-        if session is None or session.view_id != view_id:
-            self._views.pop(view_id, None)
-            return None
-        if session.expires_at <= self._clock():
-            self._drop(key)
-            return None
-        return session
-
-    def get(self, session_id: str | None) -> Session | None:
-        """The live session for a cookie value, or None (absent, unknown, expired)."""
-        if not session_id or len(session_id) > 128:
-            return None
-        key = _digest(session_id)
-        session = self._sessions.get(key)
-        if session is None:
-            return None
-        if session.expires_at <= self._clock():
-            self._drop(key)
-            return None
-        return session
-
-    def revoke(self, session_id: str | None) -> None:
-        """End a session (logout) and its view capabilities; unknown ids are ignored."""
-        if session_id:
-            self._drop(_digest(session_id))
-
-    def __len__(self) -> int:
-        return len(self._sessions)
-
-    def _purge(self) -> None:
-        now = self._clock()
-        for key in [k for k, s in self._sessions.items() if s.expires_at <= now]:
-            self._drop(key)
+        # The session as the capability knows it: no cookie, so no CSRF token.
+        return Session("", float(expires), view_id)
 
 
 def origin_allowed(origin: str | None, sec_fetch_site: str | None, expected: str) -> bool:

@@ -81,7 +81,6 @@ def test_a_session_lives_until_its_expiry_and_not_after() -> None:
     assert store.get(sid) == session
     clock.now += 0.2
     assert store.get(sid) is None
-    assert len(store) == 0
 
 
 def test_logout_revokes_only_that_session() -> None:
@@ -100,12 +99,12 @@ def test_unknown_and_absurd_session_ids_find_nothing() -> None:
         assert store.get(sid) is None
 
 
-def test_the_store_is_bounded() -> None:
-    store = SessionStore(60, max_sessions=3)
-    ids = [store.create()[0] for _ in range(5)]
-    assert len(store) == 3
-    assert store.get(ids[0]) is None
-    assert store.get(ids[-1]) is not None
+def test_a_cookie_verifies_only_under_the_key_that_made_it() -> None:
+    one, two = SessionStore(60), SessionStore(60)
+    sid, session = one.create()
+    assert one.get(sid) == session
+    assert two.get(sid) is None
+    assert SessionStore(60, key=b"k" * 32).get(SessionStore(60, key=b"k" * 32).create()[0])
 
 
 def test_the_csrf_token_is_bound_to_its_session() -> None:

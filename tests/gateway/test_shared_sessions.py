@@ -1,0 +1,313 @@
+"""Sessions shared by every gateway worker: one key file, one revocation file.
+
+Each worker process has its own memory; what makes them agree is
+``STATE/gateway/session-key`` and ``STATE/gateway/revoked``. These tests use
+several :class:`SessionStore` objects on one directory (each as alone as a
+worker: nothing shared but the files), real processes racing to create the
+key, and two real ``hive-boundary gateway`` processes on one state directory:
+a cookie logged out through one is refused by the other on the very next
+request; tampered and expired cookies are refused by both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import stat
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from enforcer.sessions import (
+    KEY_FILE,
+    REVOKED_FILE,
+    Revocations,
+    SessionKeyError,
+    SessionStore,
+    load_or_create_key,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def gateway_dir() -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(prefix="hbs-", dir="/tmp"))
+    try:
+        yield base / "gateway"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# --- the key file ------------------------------------------------------------------
+
+
+def test_the_key_is_made_once_0600_in_a_0700_directory(gateway_dir: Path) -> None:
+    first = SessionStore.shared(gateway_dir, 60)
+    key_file = gateway_dir / KEY_FILE
+    assert stat.S_IMODE(os.stat(gateway_dir).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(gateway_dir / REVOKED_FILE).st_mode) == 0o600
+    key = load_or_create_key(key_file)
+    assert len(key) == 32
+    assert load_or_create_key(key_file) == key  # a second worker reads the same key
+    cookie, session = first.create()
+    assert SessionStore.shared(gateway_dir, 60).get(cookie) == session
+    assert key.hex() not in cookie
+    assert key.hex() not in session.csrf_token
+    assert [p.name for p in gateway_dir.iterdir() if p.name.startswith(".")] == []
+
+
+def _race(path: str, start: float) -> str:
+    import time
+
+    time.sleep(max(0.0, start - time.time()))
+    return load_or_create_key(Path(path)).hex()
+
+
+def test_workers_starting_together_agree_on_one_key(gateway_dir: Path) -> None:
+    gateway_dir.mkdir(mode=0o700)
+    import time
+
+    start = time.time() + 0.5
+    with multiprocessing.get_context("fork").Pool(6) as pool:
+        keys = pool.starmap(_race, [(str(gateway_dir / KEY_FILE), start)] * 12)
+    assert len(set(keys)) == 1
+    assert sorted(p.name for p in gateway_dir.iterdir()) == [KEY_FILE]
+
+
+def test_a_key_others_can_read_or_a_symlink_or_garbage_is_refused(gateway_dir: Path) -> None:
+    gateway_dir.mkdir(mode=0o700)
+    key_file = gateway_dir / KEY_FILE
+    load_or_create_key(key_file)
+    os.chmod(key_file, 0o640)
+    with pytest.raises(SessionKeyError, match="readable by others"):
+        load_or_create_key(key_file)
+    key_file.unlink()
+    target = gateway_dir / "elsewhere"
+    target.write_text("00" * 32)
+    os.chmod(target, 0o600)
+    key_file.symlink_to(target)
+    with pytest.raises(SessionKeyError):
+        load_or_create_key(key_file)
+    key_file.unlink()
+    key_file.write_text("not hex at all\n")
+    os.chmod(key_file, 0o600)
+    with pytest.raises(SessionKeyError, match="not hex"):
+        load_or_create_key(key_file)
+
+
+def test_a_state_directory_open_to_others_is_refused(gateway_dir: Path) -> None:
+    gateway_dir.mkdir(mode=0o755)
+    os.chmod(gateway_dir, 0o755)
+    with pytest.raises(SessionKeyError, match="open to others"):
+        SessionStore.shared(gateway_dir, 60)
+
+
+# --- every worker agrees -----------------------------------------------------------------
+
+
+def _workers(directory: Path, n: int, clock: FakeClock) -> list[SessionStore]:
+    return [SessionStore.shared(directory, 3600, clock=clock) for _ in range(n)]
+
+
+def test_a_session_made_by_one_worker_is_known_to_every_worker(gateway_dir: Path) -> None:
+    clock = FakeClock()
+    a, b, c = _workers(gateway_dir, 3, clock)
+    cookie, session = a.create()
+    for worker in (a, b, c):
+        known = worker.get(cookie)
+        assert known == session  # same CSRF token and view id everywhere
+        assert known is not None
+        assert known.csrf_ok(session.csrf_token)
+    cap = b.view_capability(session, "alpha")
+    assert a.view_capability(session, "alpha") == cap
+    assert c.view_session(cap, "alpha") is not None
+
+
+def test_logout_through_one_worker_is_refused_by_every_worker_at_once(gateway_dir: Path) -> None:
+    clock = FakeClock()
+    a, b, c = _workers(gateway_dir, 3, clock)
+    cookie, session = a.create()
+    kept, _ = b.create()
+    cap = a.view_capability(session, "alpha")
+    for worker in (a, b, c):
+        assert worker.get(cookie) is not None  # each has read the file before
+    c.revoke(cookie)
+    for worker in (a, b, c):
+        assert worker.get(cookie) is None
+        assert worker.view_session(cap, "alpha") is None
+        assert worker.get(kept) is not None
+    # A worker started after the logout knows it too.
+    assert _workers(gateway_dir, 1, clock)[0].get(cookie) is None
+
+
+def test_tampered_and_expired_cookies_are_refused_by_every_worker(gateway_dir: Path) -> None:
+    clock = FakeClock()
+    workers = _workers(gateway_dir, 2, clock)
+    cookie, _ = workers[0].create()
+    session_id, expires, mac = cookie.split(".")
+    later = str(int(expires) + 3600)
+    bent = [
+        f"{session_id}.{later}.{mac}",  # a longer life
+        f"{session_id[:-1]}{'A' if session_id[-1] != 'A' else 'B'}.{expires}.{mac}",
+        f"{session_id}.{expires}.{mac[:-1]}{'A' if mac[-1] != 'A' else 'B'}",
+        f"{session_id}.{expires}",
+        f"{session_id}.{expires}.{mac}.x",
+        f"{session_id}.0{expires}.{mac}",
+        cookie + " ",
+    ]
+    for worker in workers:
+        for value in bent:
+            assert worker.get(value) is None, value
+        worker.revoke(bent[0])  # a forged cookie cannot be "logged out" into the file
+    assert os.stat(gateway_dir / REVOKED_FILE).st_size == 0
+    clock.now = float(expires)
+    for worker in workers:
+        assert worker.get(cookie) is None
+
+
+def test_the_revocation_file_drops_records_of_expired_sessions(gateway_dir: Path) -> None:
+    gateway_dir.mkdir(mode=0o700)
+    clock = FakeClock()
+    revoked = Revocations(gateway_dir / REVOKED_FILE, clock=clock)
+    for i in range(4200):  # past the compaction size
+        revoked.add(i.to_bytes(12, "big"), int(clock.now) + (10 if i < 4100 else 10_000))
+        if i == 4099:
+            clock.now += 20  # the first 4100 have expired
+    size = os.stat(gateway_dir / REVOKED_FILE).st_size
+    assert size < 200 * 16
+    other = Revocations(gateway_dir / REVOKED_FILE, clock=clock)
+    assert (4150).to_bytes(12, "big") in other
+
+
+# --- two real gateway processes on one state directory --------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class TwoGateways:
+    """Two ``hive-boundary gateway`` processes (one worker each), one state directory."""
+
+    def __init__(self) -> None:
+        self.base = Path(tempfile.mkdtemp(prefix="hb2-", dir="/tmp"))
+        (self.base / "run").mkdir()
+        (self.base / "state").mkdir()
+        self.ports = [_free_port(), _free_port()]
+        self.procs: list[asyncio.subprocess.Process] = []
+
+    async def start(self) -> None:
+        env = {
+            **os.environ,
+            "HIVE_RUN_DIR": str(self.base / "run"),
+            "HIVE_STATE_DIR": str(self.base / "state"),
+            "HIVE_CONFIG": os.devnull,
+        }
+        for port in self.ports:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "enforcer.cli", "gateway",
+                "--listen", f"127.0.0.1:{port}", "--workers", "1",
+                cwd=REPO, env=env, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            self.procs.append(proc)
+        for port in self.ports:
+            for _ in range(200):
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.close()
+                    break
+                except OSError:
+                    await asyncio.sleep(0.05)
+            else:
+                raise RuntimeError(f"gateway on {port} did not start")
+
+    async def stop(self) -> None:
+        for proc in self.procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    @property
+    def token(self) -> str:
+        return (self.base / "state" / "operator-token").read_text().strip()
+
+    def origin(self, i: int) -> str:
+        return f"http://127.0.0.1:{self.ports[i]}"
+
+
+@pytest.fixture
+async def two() -> AsyncIterator[TwoGateways]:
+    gateways = TwoGateways()
+    try:
+        await gateways.start()
+        yield gateways
+    finally:
+        await gateways.stop()
+
+
+async def _status(http: aiohttp.ClientSession, url: str, cookie: str) -> int:
+    # /api/... with a valid session goes to the core (down here: 503); without, 401.
+    async with http.get(url, headers={"Cookie": f"hive_session={cookie}"}) as resp:
+        return resp.status
+
+
+async def test_a_cookie_logged_out_through_one_process_is_refused_by_the_other(
+    two: TwoGateways,
+) -> None:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        async with http.post(
+            two.origin(0) + "/login",
+            data={"token": two.token, "next": "/"},
+            headers={"Origin": two.origin(0)},
+            allow_redirects=False,
+        ) as resp:
+            assert resp.status == 303
+            cookie = resp.cookies["hive_session"].value
+            csrf = resp.cookies["hive_csrf"].value
+        for i in (0, 1):
+            assert await _status(http, two.origin(i) + "/api/agents", cookie) == 503
+        bent = cookie[:-1] + ("A" if cookie[-1] != "A" else "B")
+        for i in (0, 1):
+            assert await _status(http, two.origin(i) + "/api/agents", bent) == 401
+        # Log out through the second process ...
+        async with http.post(
+            two.origin(1) + "/logout",
+            headers={
+                "Cookie": f"hive_session={cookie}",
+                "X-CSRF-Token": csrf,
+                "Origin": two.origin(1),
+            },
+            allow_redirects=False,
+        ) as resp:
+            assert resp.status == 303
+        # ... and the very next request to the first is refused.
+        for i in (0, 1):
+            assert await _status(http, two.origin(i) + "/api/agents", cookie) == 401

@@ -1,0 +1,170 @@
+"""``hive-boundary gateway`` with several workers: the supervisor keeps them, and stops them.
+
+Real processes: the supervisor binds the port once per worker
+(``SO_REUSEPORT``), forks the workers, restarts one that dies (SIGKILL here),
+and on SIGTERM stops every worker - checked by PID - and exits 0.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from enforcer.supervisor import bind_listeners
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except FileNotFoundError:
+        return set()
+    return {int(p) for p in text.split()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _wait(what: str, ready: object, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not after {timeout} s")
+        time.sleep(0.05)
+
+
+def _health(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
+        status: int = resp.status
+        return status
+
+
+class Gateway:
+    def __init__(self, workers: int) -> None:
+        self.base = Path(tempfile.mkdtemp(prefix="hbw-", dir="/tmp"))
+        (self.base / "run").mkdir()
+        (self.base / "state").mkdir()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port: int = s.getsockname()[1]
+        env = {
+            **os.environ,
+            "HIVE_RUN_DIR": str(self.base / "run"),
+            "HIVE_STATE_DIR": str(self.base / "state"),
+            "HIVE_CONFIG": os.devnull,
+        }
+        self.log = (self.base / "gateway.log").open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "enforcer.cli", "gateway",
+             "--listen", f"127.0.0.1:{self.port}", "--workers", str(workers)],
+            cwd=REPO, env=env, stdout=self.log, stderr=self.log,
+        )  # fmt: skip
+        _wait(
+            f"{workers} workers answering",
+            lambda: len(_children(self.proc.pid)) == workers and self._answers(),
+        )
+
+    def _answers(self) -> bool:
+        try:
+            return _health(self.port) == 200
+        except OSError:
+            return False
+
+    def workers(self) -> set[int]:
+        return _children(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@pytest.fixture
+def gateway() -> Iterator[Gateway]:
+    running = Gateway(workers=2)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_a_worker_that_dies_is_replaced_and_the_port_keeps_answering(gateway: Gateway) -> None:
+    before = gateway.workers()
+    assert len(before) == 2
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    _wait("a replacement worker", lambda: len(gateway.workers() - before) == 1)
+    after = gateway.workers()
+    assert victim not in after
+    assert len(after) == 2
+    assert not _alive(victim)
+    for _ in range(20):  # new connections spread over both sockets: all answered
+        assert _health(gateway.port) == 200
+
+
+def test_sigterm_stops_every_worker_and_the_supervisor_exits_cleanly(gateway: Gateway) -> None:
+    workers = gateway.workers()
+    assert len(workers) == 2
+    gateway.proc.send_signal(signal.SIGTERM)
+    assert gateway.proc.wait(15) == 0
+    for pid in workers:
+        assert not _alive(pid), pid
+    with pytest.raises(OSError, match="refused"):
+        _health(gateway.port)
+
+
+def test_a_port_already_taken_is_one_clear_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        base = Path(tempfile.mkdtemp(prefix="hbw-", dir="/tmp"))
+        try:
+            env = {
+                **os.environ,
+                "HIVE_RUN_DIR": str(base),
+                "HIVE_STATE_DIR": str(base),
+                "HIVE_CONFIG": os.devnull,
+            }
+            done = subprocess.run(
+                [sys.executable, "-m", "enforcer.cli", "gateway",
+                 "--listen", f"127.0.0.1:{port}", "--workers", "2"],
+                cwd=REPO, env=env, capture_output=True, text=True, timeout=30, check=False,
+            )  # fmt: skip
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+    assert done.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+
+
+def test_listeners_share_one_port() -> None:
+    listeners = bind_listeners("127.0.0.1", 0, 3)
+    try:
+        ports = {s.getsockname()[1] for s in listeners}
+        assert len(ports) == 1
+    finally:
+        for s in listeners:
+            s.close()
