@@ -14,12 +14,16 @@ connections and duration, on loopback only:
 - ``nginx_auth``    wrk -> nginx ``auth_request`` to a small aiohttp authoriser
                     (session lookup + the same policy decision) -> backend
 
-Every server runs in its own process; the Python servers and nginx use one
-process each (``worker_processes 1``) unless ``--workers`` asks for more
-gateway processes (``SO_REUSEPORT``; the in-memory session store is per
-process, so every worker is seeded with the same session for this bench).
-nginx runs from a temporary prefix with its own pid, log and temp paths and
-is stopped by its PID.
+Every server runs in its own process. The gateway runs as in production:
+``python -m enforcer.cli gateway`` with ``[gateway] workers`` processes
+(default: the production default, one per CPU; ``--workers`` to change),
+its decision log on stderr into a file, and the bench logs in through
+``POST /login`` with the operator token the gateway generated, like a
+browser. The nginx authoriser checks that same cookie with the gateway's
+shared session key (``STATE/gateway/session-key``). The bare proxy, the
+authoriser, the backend and nginx (``worker_processes 1``) use one process
+each. nginx runs from a temporary prefix with its own pid, log and temp
+paths; every server is stopped by its PID.
 
 Targets: gateway >= 0.9x aiohttp_bare and >= 1.0x nginx_auth; the ratio to
 plain nginx is reported. Prints a table; the last line is one JSON object.
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import os
 import re
@@ -41,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,45 +110,16 @@ def _bare_proxy(args: argparse.Namespace) -> None:
     web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None)
 
 
-def _gateway(args: argparse.Namespace) -> None:
-    from aiohttp import web
-
-    from enforcer.config import GatewayConfig, HiveConfig
-    from enforcer.gateway import SESSIONS, create_app
-    from enforcer.log import configure_logging
-    from enforcer.sessions import _digest
-
-    base = Path(args.dir)
-    config = HiveConfig(
-        run_dir=base / "run",
-        state_dir=base / "state",
-        gateway=GatewayConfig(host="127.0.0.1", port=args.port),
-    )
-    # Decisions are logged as in production (one JSON line each), to a file.
-    configure_logging(stream=open(base / f"gateway-{os.getpid()}.log", "w"))  # noqa: SIM115
-    app = create_app(config)
-
-    async def seed(app: web.Application) -> None:
-        # Every worker knows the bench's one session (stores are per process).
-        store = app[SESSIONS]
-        session_id, _ = store.create()
-        store._sessions[_digest(args.session)] = store._sessions.pop(_digest(session_id))
-
-    app.on_startup.append(seed)
-    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None, reuse_port=True)
-
-
 def _authoriser(args: argparse.Namespace) -> None:
     from aiohttp import web
 
     from enforcer.config import default_policy_dir
     from enforcer.policy import AccessRequest, PolicyEngine
-    from enforcer.sessions import SessionStore, _digest
+    from enforcer.sessions import SessionStore, session_dir
 
     engine = PolicyEngine(default_policy_dir())
-    store = SessionStore(3600)
-    session_id, _ = store.create()
-    store._sessions[_digest(args.session)] = store._sessions.pop(_digest(session_id))
+    # The gateway's own shared session key: the same cookie verifies here.
+    store = SessionStore.shared(session_dir(Path(args.dir) / "state"), 3600)
 
     async def auth(request: web.Request) -> web.Response:
         principal = "operator" if store.get(request.cookies.get(COOKIE_NAME)) else "anonymous"
@@ -157,7 +134,6 @@ def _authoriser(args: argparse.Namespace) -> None:
 SERVERS = {
     "backend": _backend,
     "bare": _bare_proxy,
-    "gateway": _gateway,
     "authoriser": _authoriser,
 }
 
@@ -274,18 +250,39 @@ def _check(port: int, cookie: str | None) -> None:
             raise RuntimeError(f"127.0.0.1:{port}{PATH} answered {resp.status}")
 
 
+def _login(port: int, token: str) -> str:
+    """Log in as a browser does; the session cookie's value."""
+    origin = f"http://127.0.0.1:{port}"
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        body = urllib.parse.urlencode({"token": token, "next": "/"})
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "Origin": origin}
+        conn.request("POST", "/login", body=body, headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        cookies = [v for k, v in resp.getheaders() if k.lower() == "set-cookie"]
+    finally:
+        conn.close()
+    for cookie in cookies:
+        name, _, rest = cookie.partition("=")
+        if name == COOKIE_NAME:
+            return rest.split(";", 1)[0]
+    raise RuntimeError(f"login at {origin} gave no session cookie ({resp.status})")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison; print the table and the JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs (< 1 minute in all)")
-    parser.add_argument("--workers", type=int, default=1, help="gateway processes (SO_REUSEPORT)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="gateway workers (default: [gateway] default)"
+    )
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--duration", type=int, default=None, help="seconds per target")
     parser.add_argument("--serve", choices=sorted(SERVERS), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--socket", help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
-    parser.add_argument("--session", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         SERVERS[args.serve](args)
@@ -295,27 +292,54 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench/gateway: {tool} is not installed (scripts/setup.sh installs it)")
             return 2
     duration = args.duration or (5 if args.quick else 15)
+    from enforcer.config import GatewayConfig
+
+    workers = args.workers if args.workers is not None else GatewayConfig().workers
 
     tmp = Path(tempfile.mkdtemp(prefix="hbb-", dir="/tmp"))
     tmp.chmod(0o755)  # nginx's unprivileged worker must reach the backend's socket
     (tmp / "run").mkdir()
     (tmp / "state").mkdir()
     sock = str(tmp / "run" / "core.sock")
-    session = "bench-" + os.urandom(16).hex()
     ports = {k: _free_port() for k in ("backend", "bare", "gateway", "auth", "nginx", "nginx_a")}
     procs: list[subprocess.Popen[bytes]] = []
 
     def spawn(kind: str, port: int, *extra: str) -> None:
         cmd = [sys.executable, "-m", "bench.gateway", "--serve", kind, "--port", str(port)]
-        cmd += ["--socket", sock, "--dir", str(tmp), "--session", session, *extra]
+        cmd += ["--socket", sock, "--dir", str(tmp), *extra]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
     try:
         spawn("backend", ports["backend"])
         _wait_port(ports["backend"])
         spawn("bare", ports["bare"])
-        for _ in range(max(1, args.workers)):
-            spawn("gateway", ports["gateway"])
+        env = {
+            **os.environ,
+            "HIVE_RUN_DIR": str(tmp / "run"),
+            "HIVE_STATE_DIR": str(tmp / "state"),
+            "HIVE_CONFIG": os.devnull,
+        }
+        with (tmp / "gateway.log").open("wb") as log:  # the decision log, one JSON line each
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "enforcer.cli",
+                        "gateway",
+                        "--listen",
+                        f"127.0.0.1:{ports['gateway']}",
+                        "--workers",
+                        str(workers),
+                    ],
+                    env=env,
+                    stdout=log,
+                    stderr=log,
+                )
+            )
+        _wait_port(ports["gateway"])
+        token = (tmp / "state" / "operator-token").read_text().strip()
+        session = _login(ports["gateway"], token)
         spawn("authoriser", ports["auth"])
         conf = tmp / "nginx.conf"
         conf.write_text(
@@ -366,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     def ratio(other: str) -> float:
         return round(gw / by_name[other].rps, 3) if by_name[other].rps else 0.0
 
-    print(f"wrk -t1 -c{args.connections} -d{duration}s {PATH}; gateway workers: {args.workers}")
+    print(f"wrk -t1 -c{args.connections} -d{duration}s {PATH}; gateway workers: {workers}")
     print(f"{'target':<14}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'gw ratio':>10}")
     for r in results:
         print(
@@ -393,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
                 "bench": "gateway",
                 "duration_s": duration,
                 "connections": args.connections,
-                "gateway_workers": args.workers,
+                "gateway_workers": workers,
                 "results": {
                     r.name: {
                         "rps": round(r.rps, 1),

@@ -48,7 +48,13 @@ from enforcer.containers import processes_of_uid
 from enforcer.errors import HiveError
 from enforcer.priv import spawn_socket_activated
 from enforcer.priv_client import PrivClient
-from enforcer.sessions import CSRF_COOKIE, CSRF_HEADER, cookie_name, load_or_create_token
+from enforcer.sessions import (
+    CSRF_COOKIE,
+    CSRF_HEADER,
+    cookie_name,
+    load_or_create_token,
+    session_dir,
+)
 from enforcer.users import (
     AGENT_USER_PREFIX,
     CORE_USER,
@@ -442,6 +448,14 @@ class Demo:
         token_file = self.config.operator_token_file
         load_or_create_token(token_file)
         os.chown(token_file, self.gateway_user.uid, self.gateway_user.gid)
+        # The gateway's own directory (session key, revocations): its workers
+        # create what is in it, but may not create it in STATE (root:hive-core).
+        # A fresh demo starts with no sessions (and no files of an old uid).
+        gateway_dir = session_dir(self.opts.state_dir)
+        shutil.rmtree(gateway_dir, ignore_errors=True)
+        gateway_dir.mkdir(mode=0o700)
+        os.chown(gateway_dir, self.gateway_user.uid, self.gateway_user.gid)
+        os.chmod(gateway_dir, 0o700)
         # Can the unprivileged daemons read the code? (Fail here, not in a log.)
         probe = subprocess.run(
             [sys.executable, "-c", "import enforcer.core, enforcer.gateway"],
