@@ -101,6 +101,9 @@ class ContainerBackend(Protocol):
     def status(self, name: str) -> dict[str, Any]:
         """State, process, network."""
 
+    def status_all(self) -> dict[str, dict[str, Any]]:
+        """The status of every container, by name; never waits on a slow operation."""
+
 
 @dataclass
 class ContainerRecord:
@@ -112,7 +115,10 @@ class ContainerRecord:
     gid: int
     user_created: bool
     command: list[str]
-    state: str = "creating"  # creating | created | running | stopped
+    # creating | created | running | stopped | failed. "running" is also the
+    # durable "should run": it is what a restarted hive-priv checks the
+    # recorded pid (and its start time) against.
+    state: str = "creating"
     pending: str | None = "create"
     pid: int | None = None
     pid_start: int | None = None
@@ -313,6 +319,10 @@ class NetnsBackend:
 
     def _info(self, rec: ContainerRecord) -> dict[str, Any]:
         self._refresh(rec)
+        return self._snapshot(rec)
+
+    @staticmethod
+    def _snapshot(rec: ContainerRecord) -> dict[str, Any]:
         return {
             "agent": rec.name,
             "state": rec.state,
@@ -328,11 +338,19 @@ class NetnsBackend:
     # --- processes ------------------------------------------------------------
 
     def _alive(self, rec: ContainerRecord) -> bool:
+        """Is the recorded agent process still running? Never blocks.
+
+        For a child of this hive-priv, ``waitpid(WNOHANG)`` (``Popen.poll``)
+        decides and reaps it, keeping its exit status. A process an earlier
+        hive-priv started (adopted after a restart) is not our child: it is
+        alive only if ``/proc/<pid>`` still shows the recorded start time, the
+        agent's uid and no zombie - a pid reused by anything else fails that.
+        """
         if rec.pid is None:
             return False
         child = self._children.get(rec.name)
-        if child is not None and child.poll() is not None:
-            return False
+        if child is not None:
+            return child.poll() is None
         info = _proc_state_uids(rec.pid)
         return (
             info is not None
@@ -342,13 +360,23 @@ class NetnsBackend:
         )
 
     def _refresh(self, rec: ContainerRecord) -> None:
-        """Notice an agent process that exited by itself (and reap it)."""
+        """Notice an agent process that exited by itself (and reap it).
+
+        It should have been running, so the container becomes ``failed`` -
+        unless it exited cleanly with status 0 (``stopped``, as the core's
+        local backend says). A process that was not our child (adopted after a
+        restart) leaves no exit status: ``exit_code`` null, ``failed``.
+        """
         if rec.state == "running" and rec.pending is None and not self._alive(rec):
             child = self._children.pop(rec.name, None)
+            # Already reaped by _alive's poll(): wait() only reads the status.
             rec.exit_code = child.wait() if child is not None else None
-            rec.state, rec.pid, rec.pid_start = "stopped", None, None
+            rec.state = "stopped" if rec.exit_code == 0 else "failed"
+            rec.pid, rec.pid_start = None, None
             self._save()
-            _log().info("container.exited", agent=rec.name, exit_code=rec.exit_code)
+            _log().warning(
+                "container.exited", agent=rec.name, exit_code=rec.exit_code, state=rec.state
+            )
 
     def _netns_path(self, rec: ContainerRecord) -> Path | None:
         if not rec.net:
@@ -419,8 +447,11 @@ class NetnsBackend:
             deadline = time.monotonic() + self.stop_timeout
             while time.monotonic() < deadline and self._alive_pid(rec, child):
                 time.sleep(0.02)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(rec.pid, signal.SIGKILL)
+            # The group by number only while its leader is provably ours and
+            # alive; stragglers are found by uid below, each checked via pidfd.
+            if self._alive_pid(rec, child):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(rec.pid, signal.SIGKILL)
         # The agent may have left its session: its uid is dedicated to it, so
         # every process of that uid is part of this container.
         for _ in range(250):
@@ -584,6 +615,9 @@ class NetnsBackend:
             if rec.state == "running":
                 return self._info(rec)
             with self._pending(rec, "start"):
+                # A run that ended by itself may have left processes behind
+                # (the uid is the container's alone): none survive into the new run.
+                self._terminate(rec)
                 netns_path = self._ensure_isolation(rec)
                 proc = self._spawn(rec, netns_path)
                 self._children[name] = proc
@@ -630,6 +664,32 @@ class NetnsBackend:
         """The container's status dictionary."""
         with self._lock:
             return self._info(self._get(name))
+
+    def status_all(self) -> dict[str, dict[str, Any]]:
+        """Every container's status dictionary, by name, without waiting on an operation.
+
+        With the backend free, each record is refreshed first (exits noticed
+        and reaped). While another operation holds it (a stop may take the
+        whole stop timeout), the answer is the records as they stand: the
+        operation in progress shows in ``pending``, and its own answer
+        carries the outcome.
+        """
+        if not self._lock.acquire(blocking=False):
+            return {rec.name: self._snapshot(rec) for rec in list(self._records.values())}
+        try:
+            return {name: self._info(rec) for name, rec in sorted(self._records.items())}
+        finally:
+            self._lock.release()
+
+    def reap(self) -> None:
+        """Notice and reap agents that exited by themselves; skipped while the backend is busy."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            for rec in list(self._records.values()):
+                self._refresh(rec)
+        finally:
+            self._lock.release()
 
     # --- socket and state ---------------------------------------------------------
 
@@ -709,10 +769,12 @@ class NetnsBackend:
                 elif rec.state == "running" and (
                     not self._alive(rec) or self._netns_path(rec) is None
                 ):
-                    # Never a process without its namespace: kill it.
+                    # Never a process without its namespace: kill it. It should
+                    # have been running and is not: failed (exit status
+                    # unknown - it was not this hive-priv's child).
                     self._terminate(rec)
-                    rec.state = "stopped"
-                    done.append(f"{rec.name}: process gone or namespace missing: stopped")
+                    rec.state, rec.exit_code = "failed", None
+                    done.append(f"{rec.name}: process gone or namespace missing: failed")
             self._save()
         for line in done:
             _log().warning("container.recovered", what=line)

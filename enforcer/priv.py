@@ -48,6 +48,7 @@ from enforcer.priv_protocol import (
     ContainerDestroy,
     ContainerRestart,
     ContainerStart,
+    ContainerStatus,
     ContainerStop,
     IsolationApply,
     IsolationRemove,
@@ -164,9 +165,10 @@ class PrivServer:
             threading.Thread(target=self._serve_conn, args=(conn,), daemon=True).start()
 
     def _poll_backend(self) -> None:
-        for name in self.backend.names():
-            with contextlib.suppress(HiveError, OSError):
-                self.backend.status(name)
+        # Reap agents that exited by themselves promptly (their exit status is
+        # recorded), without waiting behind an operation in progress.
+        with contextlib.suppress(HiveError, OSError):
+            self.backend.reap()
 
     def _serve_conn(self, conn: socket.socket) -> None:
         with conn:
@@ -218,7 +220,9 @@ class PrivServer:
         fields: dict[str, Any] = dict(peer)
         try:
             request = decode_request(line)
-            fields.update(request=request.TYPE, agent=request.agent, action=request.ACTION)
+            fields.update(request=request.TYPE, action=request.ACTION)
+            if not isinstance(request, ContainerStatus):
+                fields["agent"] = request.agent
             if isinstance(request, StateRead):
                 fields["rel_path"] = request.rel_path
             decision = self.engine.decide(
@@ -255,6 +259,8 @@ class PrivServer:
                 return b.restart(name), None
             case ContainerDestroy(agent=name):
                 return b.destroy(name), None
+            case ContainerStatus():
+                return {"containers": b.status_all()}, None
             case IsolationApply(agent=name):
                 return b.apply_isolation(name), None
             case IsolationRemove(agent=name):

@@ -12,38 +12,141 @@ processes or bind agent sockets itself; it asks hive-priv (``priv.sock``):
   agent's uid, 0600) and passes the *listening* fd over ``SCM_RIGHTS``. The
   core accepts on that fd; it needs (and has) no access to the socket file.
 
-hive-priv has no status request, so :meth:`PrivLifecycleBackend.status` and
-:meth:`PrivLifecycleBackend.ui_url` answer from the last status hive-priv
-returned (every lifecycle call returns one).
+The lifecycle interface's :meth:`~PrivLifecycleBackend.status` is synchronous
+(the operator API calls it while rendering), so it answers from a cache: every
+lifecycle call's answer, refreshed by a background task that sends one
+``container.status`` (every container at once) every ``poll_interval``
+seconds. A status is therefore at most about one interval (plus one
+round-trip) old; while hive-priv is unreachable it is the last one known (see
+``docs/backends.md``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
 from enforcer.config import HiveConfig
-from enforcer.errors import Conflict, NotFound, Unavailable
+from enforcer.errors import Conflict, HiveError, NotFound, Unavailable
+from enforcer.log import get_logger
 from enforcer.priv_client import PrivClient
 from enforcer.store import AgentRecord
 
-__all__ = ["PrivLifecycleBackend", "PrivSocketProvider", "priv_components"]
+__all__ = ["PrivLifecycleBackend", "PrivSocketProvider", "core_status", "priv_components"]
 
-# hive-priv's container states -> the core's three words.
-_STATUS = {"running": "running", "created": "stopped", "stopped": "stopped", "creating": "stopped"}
+def _log() -> Any:
+    # Looked up at each use: structlog is configured after import.
+    return get_logger("hive.priv_backend")
+
+
+# hive-priv's container states -> the lifecycle interface's words.
+_STATUS = {
+    "running": "running",
+    "failed": "failed",
+    "created": "stopped",
+    "stopped": "stopped",
+    "creating": "stopped",
+}
+
+
+def core_status(info: dict[str, Any] | None) -> str:
+    """A hive-priv status dictionary as ``running``/``stopped``/``failed``/``absent``."""
+    if info is None:
+        return "absent"
+    return _STATUS.get(str(info.get("state")), "stopped")
 
 
 class PrivLifecycleBackend:
-    """Agent lifecycle as hive-priv containers (netns + own uid)."""
+    """Agent lifecycle as hive-priv containers (netns + own uid).
 
-    def __init__(self, client: PrivClient) -> None:
+    ``poll_interval``: seconds between two ``container.status`` requests;
+    ``poll_timeout``: how long one may take before hive-priv counts as down.
+    """
+
+    def __init__(
+        self, client: PrivClient, *, poll_interval: float = 1.5, poll_timeout: float = 5.0
+    ) -> None:
         self._client = client
+        self._interval = poll_interval
+        self._poll_timeout = poll_timeout
         self._last: dict[str, dict[str, Any]] = {}
+        # When each agent's entry was last set by a lifecycle answer
+        # (monotonic): a poll that started before that carries older news.
+        self._touched: dict[str, float] = {}
+        self._poller: asyncio.Task[None] | None = None
+        self._reachable: bool | None = None  # None: not polled yet
+        self._polled_at: float | None = None
 
-    def _remember(self, name: str, info: dict[str, Any]) -> None:
-        self._last[name] = info
+    def _remember(self, name: str, info: dict[str, Any] | None) -> None:
+        if info is None:
+            self._last.pop(name, None)
+        else:
+            self._last[name] = info
+        self._touched[name] = time.monotonic()
+
+    # --- the status cache ---------------------------------------------------------
+
+    def _ensure_poller(self) -> None:
+        """Start the background refresh on the running loop, once (lazily)."""
+        if self._poller is not None and not self._poller.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a synchronous caller outside any loop: nothing to start
+            return
+        self._poller = loop.create_task(self._poll_loop(), name="priv-status-poll")
+
+    async def _poll_loop(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception:  # a bug here must not end the polling silently
+                _log().exception("priv.status_poll_failed")
+            await asyncio.sleep(self._interval)
+
+    async def refresh(self) -> bool:
+        """Ask hive-priv for every container's status now; False if it could not answer.
+
+        An unreachable or refusing hive-priv is logged once (and once again
+        when it answers again); the cache keeps the last known status.
+        """
+        started = time.monotonic()
+        try:
+            containers = await self._client.container_status(socket_timeout=self._poll_timeout)
+        except HiveError as e:
+            if self._reachable is not False:
+                _log().warning(
+                    "priv.status_unavailable",
+                    error=e.code,
+                    reason=e.reason,
+                    keeping="the last known status",
+                )
+            self._reachable = False
+            return False
+        if self._reachable is False:
+            _log().info("priv.status_restored")
+        self._reachable, self._polled_at = True, time.monotonic()
+        self._apply(containers, started)
+        return True
+
+    def _apply(self, containers: dict[str, dict[str, Any]], started: float) -> None:
+        # A lifecycle answer recorded after this poll was sent is newer than it.
+        newer = {n for n, t in self._touched.items() if t >= started}
+        for name in set(self._last) - set(containers) - newer:
+            del self._last[name]
+        for name, info in containers.items():
+            if name not in newer:
+                self._last[name] = info
+        self._touched = {n: t for n, t in self._touched.items() if n in newer}
+
+    @property
+    def status_age(self) -> float | None:
+        """Seconds since hive-priv last answered a status poll (None: never)."""
+        return None if self._polled_at is None else time.monotonic() - self._polled_at
 
     async def create(self, agent: AgentRecord) -> None:
         """Create the container (user, directories, isolated network); idempotent.
@@ -52,6 +155,7 @@ class PrivLifecycleBackend:
         user has another uid is refused (the socket would be unusable and
         ``SO_PEERCRED`` would never match).
         """
+        self._ensure_poller()
         if not agent.command:
             raise Conflict(f"agent {agent.name!r} has no command to run in its container")
         try:
@@ -68,28 +172,35 @@ class PrivLifecycleBackend:
 
     async def start(self, agent: AgentRecord) -> None:
         """Start the agent's process in its namespace."""
+        self._ensure_poller()
         self._remember(agent.name, await self._client.container_start(agent.name))
 
     async def stop(self, agent: AgentRecord) -> None:
         """Stop (and reap) the agent's process."""
+        self._ensure_poller()
         self._remember(agent.name, await self._client.container_stop(agent.name))
 
     async def restart(self, agent: AgentRecord) -> None:
         """Stop, then start."""
+        self._ensure_poller()
         self._remember(agent.name, await self._client.container_restart(agent.name))
 
     async def destroy(self, agent: AgentRecord) -> None:
         """Remove the container: process, network, socket, directories (absent: no-op)."""
+        self._ensure_poller()
         with contextlib.suppress(NotFound):
             await self._client.container_destroy(agent.name)
-        self._last.pop(agent.name, None)
+        self._remember(agent.name, None)
 
     def status(self, name: str) -> str:
-        """``running``/``stopped`` from hive-priv's last answer, ``absent`` if none."""
-        info = self._last.get(name)
-        if info is None:
-            return "absent"
-        return _STATUS.get(str(info.get("state")), "stopped")
+        """``running``, ``stopped``, ``failed`` (died while it should run) or ``absent``.
+
+        From the cache: hive-priv's last answer about ``name`` (a lifecycle
+        call's or the last poll's), so up to about one poll interval old.
+        ``absent``: hive-priv has no such container (or was never asked).
+        """
+        self._ensure_poller()
+        return core_status(self._last.get(name))
 
     def ui_url(self, name: str) -> str | None:
         """Where the agent's web UI listens (its veth address), if it has a network."""
@@ -98,8 +209,14 @@ class PrivLifecycleBackend:
         return url if isinstance(url, str) else None
 
     async def close(self) -> None:
-        """Nothing: the containers belong to hive-priv and outlive a core restart."""
+        """Stop polling; the containers belong to hive-priv and outlive a core restart."""
+        poller, self._poller = self._poller, None
+        if poller is not None:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
         self._last.clear()
+        self._touched.clear()
 
 
 class PrivSocketProvider:

@@ -29,6 +29,7 @@ from enforcer.priv_protocol import (
     ContainerDestroy,
     ContainerRestart,
     ContainerStart,
+    ContainerStatus,
     ContainerStop,
     IsolationApply,
     IsolationRemove,
@@ -37,6 +38,7 @@ from enforcer.priv_protocol import (
     StateRead,
     decode_response,
     encode_request,
+    parse_status_result,
 )
 
 __all__ = ["PrivClient", "exchange"]
@@ -82,11 +84,17 @@ class PrivClient:
         self.path = Path(path)
         self.timeout = timeout
 
-    async def call(self, request: PrivRequest) -> tuple[dict[str, Any], list[int]]:
-        """Send any request; return (result, received fds - the caller owns them)."""
+    async def call(
+        self, request: PrivRequest, *, socket_timeout: float | None = None
+    ) -> tuple[dict[str, Any], list[int]]:
+        """Send any request; return (result, received fds - the caller owns them).
+
+        ``socket_timeout`` (seconds, per socket operation, in the worker thread) overrides
+        the client's.
+        """
         request.validate()  # refuse locally what hive-priv would refuse
         line, fds = await asyncio.to_thread(
-            exchange, self.path, encode_request(request), self.timeout
+            exchange, self.path, encode_request(request), socket_timeout or self.timeout
         )
         try:
             return decode_response(line), fds
@@ -95,8 +103,10 @@ class PrivClient:
                 os.close(fd)
             raise
 
-    async def _result(self, request: PrivRequest) -> dict[str, Any]:
-        result, fds = await self.call(request)
+    async def _result(
+        self, request: PrivRequest, *, socket_timeout: float | None = None
+    ) -> dict[str, Any]:
+        result, fds = await self.call(request, socket_timeout=socket_timeout)
         for fd in fds:  # none expected: never leak one
             os.close(fd)
         return result
@@ -120,6 +130,14 @@ class PrivClient:
     async def container_destroy(self, agent: str) -> dict[str, Any]:
         """Remove everything the container made."""
         return await self._result(ContainerDestroy(agent))
+
+    async def container_status(
+        self, *, socket_timeout: float | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Every container hive-priv knows: ``{name: status}`` (one request for all)."""
+        return parse_status_result(
+            await self._result(ContainerStatus(), socket_timeout=socket_timeout)
+        )
 
     async def isolation_apply(self, agent: str) -> dict[str, Any]:
         """Bring up (or confirm) the container's isolated network; returns its status."""

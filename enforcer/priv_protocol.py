@@ -48,6 +48,7 @@ __all__ = [
     "ContainerDestroy",
     "ContainerRestart",
     "ContainerStart",
+    "ContainerStatus",
     "ContainerStop",
     "IsolationApply",
     "IsolationRemove",
@@ -62,6 +63,7 @@ __all__ = [
     "encode_ok",
     "encode_request",
     "error_from_response",
+    "parse_status_result",
 ]
 
 MAX_REQUEST_BYTES = 64 * 1024
@@ -95,10 +97,32 @@ def _agent(value: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Base:
-    """Fields common to every request: the agent it is about."""
+    """What every request has: its type, its catalogue action, its resource pattern."""
 
     TYPE: ClassVar[str] = ""
     ACTION: ClassVar[str] = ""
+    RESOURCE: ClassVar[str] = ""
+
+    def resource(self) -> str:
+        """The policy resource this request acts on."""
+        return self.RESOURCE
+
+    def validate(self) -> None:
+        """Check field values beyond their JSON types; raise :class:`ProtocolError`."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire form (``request`` plus the fields)."""
+        out: dict[str, Any] = {"request": self.TYPE}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class _AgentRequest(_Base):
+    """A request about one agent's container."""
+
     RESOURCE: ClassVar[str] = "agent:{name}/container"
 
     agent: str
@@ -111,17 +135,9 @@ class _Base:
         """Check field values beyond their JSON types; raise :class:`ProtocolError`."""
         _agent(self.agent)
 
-    def to_json(self) -> dict[str, Any]:
-        """The wire form (``request`` plus the fields)."""
-        out: dict[str, Any] = {"request": self.TYPE}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
-
 
 @dataclass(frozen=True, slots=True)
-class ContainerCreate(_Base):
+class ContainerCreate(_AgentRequest):
     """Create a container: per-agent user, directories, isolated network; not started.
 
     ``command`` is the agent program (argv) the container runs when started;
@@ -145,7 +161,7 @@ class ContainerCreate(_Base):
 
 
 @dataclass(frozen=True, slots=True)
-class ContainerStart(_Base):
+class ContainerStart(_AgentRequest):
     """Start the agent process (isolation is applied first if missing)."""
 
     TYPE: ClassVar[str] = "container.start"
@@ -153,7 +169,7 @@ class ContainerStart(_Base):
 
 
 @dataclass(frozen=True, slots=True)
-class ContainerStop(_Base):
+class ContainerStop(_AgentRequest):
     """Stop the agent process (SIGTERM, then SIGKILL) and reap it."""
 
     TYPE: ClassVar[str] = "container.stop"
@@ -161,7 +177,7 @@ class ContainerStop(_Base):
 
 
 @dataclass(frozen=True, slots=True)
-class ContainerRestart(_Base):
+class ContainerRestart(_AgentRequest):
     """Stop then start."""
 
     TYPE: ClassVar[str] = "container.restart"
@@ -169,7 +185,7 @@ class ContainerRestart(_Base):
 
 
 @dataclass(frozen=True, slots=True)
-class ContainerDestroy(_Base):
+class ContainerDestroy(_AgentRequest):
     """Remove everything the container made: process, network, socket, directories."""
 
     TYPE: ClassVar[str] = "container.destroy"
@@ -177,7 +193,24 @@ class ContainerDestroy(_Base):
 
 
 @dataclass(frozen=True, slots=True)
-class IsolationApply(_Base):
+class ContainerStatus(_Base):
+    """The status of every container hive-priv knows, in one answer.
+
+    One request for all containers rather than one per agent: the core polls
+    it every second or two, so its cost (one connection, one policy decision,
+    one log record) stays the same however many agents there are, and the
+    answer is one consistent snapshot. It has no fields; the resource is the
+    collection ``agents``. Result: ``{"containers": {name: status, ...}}``
+    (see :func:`parse_status_result`).
+    """
+
+    TYPE: ClassVar[str] = "container.status"
+    ACTION: ClassVar[str] = "priv.container.status"
+    RESOURCE: ClassVar[str] = "agents"
+
+
+@dataclass(frozen=True, slots=True)
+class IsolationApply(_AgentRequest):
     """Bring up (or confirm) the container's namespace, veth and table elements."""
 
     TYPE: ClassVar[str] = "isolation.apply"
@@ -186,7 +219,7 @@ class IsolationApply(_Base):
 
 
 @dataclass(frozen=True, slots=True)
-class IsolationRemove(_Base):
+class IsolationRemove(_AgentRequest):
     """Tear down the container's network; refused while its process runs."""
 
     TYPE: ClassVar[str] = "isolation.remove"
@@ -195,7 +228,7 @@ class IsolationRemove(_Base):
 
 
 @dataclass(frozen=True, slots=True)
-class SocketCreate(_Base):
+class SocketCreate(_AgentRequest):
     """Create ``RUN/agents/<agent>.sock`` (owner: the agent's uid, 0600), pass the fd."""
 
     TYPE: ClassVar[str] = "socket.create"
@@ -204,7 +237,7 @@ class SocketCreate(_Base):
 
 
 @dataclass(frozen=True, slots=True)
-class StateRead(_Base):
+class StateRead(_AgentRequest):
     """``ReadAgentStateFile{agent, rel_path}``: confined beneath the agent's ``state/``."""
 
     TYPE: ClassVar[str] = "state.read"
@@ -231,6 +264,7 @@ PrivRequest = (
     | ContainerStop
     | ContainerRestart
     | ContainerDestroy
+    | ContainerStatus
     | IsolationApply
     | IsolationRemove
     | SocketCreate
@@ -245,6 +279,7 @@ REQUEST_TYPES: dict[str, type[_Base]] = {
         ContainerStop,
         ContainerRestart,
         ContainerDestroy,
+        ContainerStatus,
         IsolationApply,
         IsolationRemove,
         SocketCreate,
@@ -351,3 +386,27 @@ def error_from_response(data: dict[str, Any]) -> HiveError:
     if isinstance(code, str):
         err.code = code
     return err
+
+
+def parse_status_result(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The ``containers`` map of a ``container.status`` result, checked.
+
+    Every key must be an agent name and every value a status object whose
+    ``agent`` is that name and whose ``state`` is a string; anything else is
+    hive-priv misbehaving (:class:`Unavailable`), never a half-read answer.
+    """
+    containers = result.get("containers")
+    if not isinstance(containers, dict):
+        raise Unavailable("hive-priv sent a status result without containers")
+    out: dict[str, dict[str, Any]] = {}
+    for name, info in containers.items():
+        if (
+            not isinstance(name, str)
+            or not AGENT_NAME.fullmatch(name)
+            or not isinstance(info, dict)
+            or info.get("agent") != name
+            or not isinstance(info.get("state"), str)
+        ):
+            raise Unavailable(f"hive-priv sent a malformed status for {str(name)[:64]!r}")
+        out[name] = info
+    return out

@@ -28,14 +28,16 @@ def test_check_accepts_the_shipped_policy(capsys: pytest.CaptureFixture[str]) ->
 def test_check_reports_each_problem_with_its_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    csv = shipped_texts()["policy.csv"] + "p, role:agent, socket, question:*, question.answer\n"
+    shipped = shipped_texts()["policy.csv"]
+    line = len(shipped.splitlines()) + 1  # the appended line
+    csv = shipped + "p, role:agent, socket, question:*, question.answer\n"
     write_policy(tmp_path, texts_with({"policy.csv": csv}))
     code, out = run(capsys, "check", str(tmp_path))
     assert code == 1
-    assert "policy.csv:67: grants operator-class action question.answer to role:agent" in out
+    assert f"policy.csv:{line}: grants operator-class action question.answer to role:agent" in out
     code, out = run(capsys, "check", str(tmp_path), "--json")
     assert code == 1
-    assert json.loads(out)["problems"][0].startswith("policy.csv:67:")
+    assert json.loads(out)["problems"][0].startswith(f"policy.csv:{line}:")
 
 
 def test_unreadable_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -52,7 +54,8 @@ def test_test_lists_cases_and_fails_on_a_failing_case(
 ) -> None:
     code, out = run(capsys, "test")
     assert code == 0
-    assert "73 passed, 0 failed" in out
+    cases = shipped_texts()["tests.toml"].count("[[case]]")
+    assert f"{cases} passed, 0 failed" in out
     csv = shipped_texts()["policy.csv"].replace(
         "p, role:operator, gateway, approval:*, approval.approve\n", ""
     )
@@ -60,7 +63,7 @@ def test_test_lists_cases_and_fails_on_a_failing_case(
     code, out = run(capsys, "test", str(tmp_path))
     assert code == 1
     assert "FAIL    tests.toml:12" in out
-    assert "72 passed, 1 failed" in out
+    assert f"{cases - 1} passed, 1 failed" in out
     code, out = run(capsys, "test", str(tmp_path), "--json")
     assert code == 1
     assert json.loads(out)["failed"] == 1
