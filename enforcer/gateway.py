@@ -458,13 +458,31 @@ def _view_principal(request: web.Request) -> str | None:
     )
 
 
+def _cookie(request: web.Request, name: str) -> str | None:
+    """The value of cookie ``name`` (the last one given, as ``request.cookies`` has it).
+
+    A plain scan of the ``Cookie`` header: the full cookie parser costs more
+    than the session check, and the session check refuses anything odd.
+    """
+    header = request.headers.get("Cookie")
+    if not header:
+        return None
+    prefix = name + "="
+    found: str | None = None
+    for part in header.split(";"):
+        part = part.strip()
+        if part.startswith(prefix):
+            found = part[len(prefix) :]
+    return found
+
+
 def _principal_of(request: web.Request) -> str:
     app = request.app
     # In an agent's space the capability alone decides (the cookie is ignored).
     view = _view_principal(request)
     if view is not None:
         return view
-    session_id = request.cookies.get(cookie_name(_tls(app[CONFIG])))
+    session_id = _cookie(request, cookie_name(_tls(app[CONFIG])))
     session = app[SESSIONS].get(session_id)
     if session is None or session_id is None:
         return "anonymous"

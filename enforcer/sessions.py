@@ -46,6 +46,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import hashlib
 import hmac
 import os
 import secrets
@@ -102,6 +103,7 @@ REVOKED_FILE = "revoked"
 """The revocation file's name in :func:`session_dir` (0600; ``revoked.lock`` beside it)."""
 _REVOKED_COMPACT_BYTES = 64 * 1024  # 4096 records: then expired ones are dropped
 _PURGE_EVERY = 60.0  # seconds between sweeps of expired handles in memory
+_VERIFIED_CACHE = 4096  # verified cookies remembered (by hash) per store
 
 
 class TokenFileError(HiveError):
@@ -418,6 +420,7 @@ class SessionStore:
         self._handle_key = _mac(root, b"hive-boundary session handle")
         self._view_key = _mac(root, b"hive-boundary view capability")
         self._revoked = revocations if revocations is not None else Revocations(clock=clock)
+        self._verified_cache: dict[bytes, tuple[bytes, Session]] = {}
 
     @classmethod
     def shared(
@@ -448,9 +451,10 @@ class SessionStore:
     def _handle(self, session_id: str) -> bytes:
         return _mac(self._handle_key, session_id.encode("ascii"))[:_HANDLE_BYTES]
 
-    def _session(self, session_id: str, expires: int) -> Session:
+    def _session(self, session_id: str, expires: int, handle: bytes | None = None) -> Session:
         csrf = _b64(_mac(self._csrf_key, session_id.encode("ascii")))
-        view_id = _b64(expires.to_bytes(4, "big") + self._handle(session_id))
+        handle = handle if handle is not None else self._handle(session_id)
+        view_id = _b64(expires.to_bytes(4, "big") + handle)
         return Session(csrf, float(expires), view_id)
 
     def _verified(self, cookie: str | None) -> tuple[str, int] | None:
@@ -476,13 +480,27 @@ class SessionStore:
 
     def get(self, cookie: str | None) -> Session | None:
         """The live session for a cookie value, or None (absent, forged, expired, revoked)."""
-        verified = self._verified(cookie)
-        if verified is None:
+        if not cookie or len(cookie) > _COOKIE_MAX:
             return None
-        session_id, expires = verified
-        if expires <= self._clock() or self._handle(session_id) in self._revoked:
+        # Verified cookies are remembered by their SHA-256 (not their value), so
+        # a browser's next request costs a hash, not three HMACs. Expiry and
+        # revocation are checked on every request all the same.
+        digest = hashlib.sha256(cookie.encode("ascii", "replace")).digest()
+        known = self._verified_cache.get(digest)
+        if known is None:
+            verified = self._verified(cookie)
+            if verified is None:
+                return None
+            session_id, expires = verified
+            handle = self._handle(session_id)
+            known = (handle, self._session(session_id, expires, handle))
+            if len(self._verified_cache) >= _VERIFIED_CACHE:
+                self._verified_cache.clear()
+            self._verified_cache[digest] = known
+        handle, session = known
+        if session.expires_at <= self._clock() or handle in self._revoked:
             return None
-        return self._session(session_id, expires)
+        return session
 
     def revoke(self, cookie: str | None) -> None:
         """End a session (logout) and its view capabilities, for every worker at once.
