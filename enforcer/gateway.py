@@ -63,15 +63,15 @@ So the cookie cannot be what lets an agent UI load its own assets. Instead:
   ``/agent/<name>/@<cap>/...`` (``Cache-Control: no-store``), where ``<cap>``
   is the session's view capability for that agent
   (:meth:`enforcer.sessions.SessionStore.view_capability`: the session's
-  random view id and an HMAC-SHA256, under a secret that lives only in this
-  gateway's memory, over ``(agent.ui.view, view id, name)``). The core's page
+  view id and an HMAC-SHA256, under a subkey of the gateway's session key,
+  over ``(agent.ui.view, view id, name)``). The core's page
   keeps ``src="/agent/<name>/"``: the capability never passes through the core.
 - A request whose path has the ``@`` slot is decided by the capability
   alone (the cookie is ignored): valid for *this* name and a live session, it
   is principal ``operator`` for ``agent.ui.view`` on ``agent:<name>/ui`` - the
   only route such a path can match (the agent-space guard) and the only thing
   it can do; anything else (forged, malformed, another agent's, a session
-  that ended by logout, expiry, eviction or a new login) is a ``403`` page,
+  that ended by logout, expiry or a new login) is a ``403`` page,
   never a login redirect. The gateway strips ``@<cap>`` before proxying and
   sends ``X-Forwarded-Prefix: /agent/<name>/@<cap>``, so relative URLs and
   base-path URLs keep working; ``Cookie`` and ``Authorization`` are never
