@@ -38,6 +38,7 @@ from enforcer.store import AgentRecord
 
 __all__ = ["PrivLifecycleBackend", "PrivSocketProvider", "core_status", "priv_components"]
 
+
 def _log() -> Any:
     # Looked up at each use: structlog is configured after import.
     return get_logger("hive.priv_backend")
@@ -79,6 +80,8 @@ class PrivLifecycleBackend:
         self._touched: dict[str, float] = {}
         self._poller: asyncio.Task[None] | None = None
         self._reachable: bool | None = None  # None: not polled yet
+        self._failures = 0  # polls failed in a row
+        self._closed = False
         self._polled_at: float | None = None
 
     def _remember(self, name: str, info: dict[str, Any] | None) -> None:
@@ -90,8 +93,15 @@ class PrivLifecycleBackend:
 
     # --- the status cache ---------------------------------------------------------
 
-    def _ensure_poller(self) -> None:
-        """Start the background refresh on the running loop, once (lazily)."""
+    def _ensure_poller(self, *, reopen: bool = True) -> None:
+        """Start the background refresh on the running loop, once (lazily).
+
+        ``reopen=False`` (from :meth:`status`): not after :meth:`close` - a
+        page rendered during shutdown must not leave a task behind.
+        """
+        if self._closed and not reopen:
+            return
+        self._closed = False
         if self._poller is not None and not self._poller.done():
             return
         try:
@@ -106,7 +116,11 @@ class PrivLifecycleBackend:
                 await self.refresh()
             except Exception:  # a bug here must not end the polling silently
                 _log().exception("priv.status_poll_failed")
-            await asyncio.sleep(self._interval)
+            # While hive-priv does not answer, ask less often (each connection
+            # to a socket-activated hive-priv tries to start it): up to 8
+            # intervals, at most 10 s, between tries.
+            backoff = min(2 ** min(self._failures, 3), max(1.0, 10.0 / self._interval))
+            await asyncio.sleep(self._interval * backoff)
 
     async def refresh(self) -> bool:
         """Ask hive-priv for every container's status now; False if it could not answer.
@@ -126,10 +140,11 @@ class PrivLifecycleBackend:
                     keeping="the last known status",
                 )
             self._reachable = False
+            self._failures += 1
             return False
         if self._reachable is False:
             _log().info("priv.status_restored")
-        self._reachable, self._polled_at = True, time.monotonic()
+        self._reachable, self._polled_at, self._failures = True, time.monotonic(), 0
         self._apply(containers, started)
         return True
 
@@ -141,7 +156,9 @@ class PrivLifecycleBackend:
         for name, info in containers.items():
             if name not in newer:
                 self._last[name] = info
-        self._touched = {n: t for n, t in self._touched.items() if n in newer}
+        # Forget answers far older than any poll still in flight could be.
+        horizon = started - 60.0 - self._poll_timeout
+        self._touched = {n: t for n, t in self._touched.items() if t >= horizon}
 
     @property
     def status_age(self) -> float | None:
@@ -199,7 +216,7 @@ class PrivLifecycleBackend:
         call's or the last poll's), so up to about one poll interval old.
         ``absent``: hive-priv has no such container (or was never asked).
         """
-        self._ensure_poller()
+        self._ensure_poller(reopen=False)
         return core_status(self._last.get(name))
 
     def ui_url(self, name: str) -> str | None:
@@ -210,6 +227,7 @@ class PrivLifecycleBackend:
 
     async def close(self) -> None:
         """Stop polling; the containers belong to hive-priv and outlive a core restart."""
+        self._closed = True
         poller, self._poller = self._poller, None
         if poller is not None:
             poller.cancel()
