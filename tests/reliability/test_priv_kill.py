@@ -304,7 +304,7 @@ def assert_whole_or_absent(env: PrivEnv, name: str) -> str:
         assert not (env.run_dir / "agents" / f"{name}.sock").exists()
         return "absent"
     assert rec["pending"] is None, f"recovery left {rec['pending']!r} pending"
-    assert rec["state"] in {"created", "running", "stopped"}
+    assert rec["state"] in {"created", "running", "stopped", "failed"}
     user = lookup_user(rec["user"])
     assert user is not None
     assert user.uid == rec["uid"]
