@@ -12,10 +12,9 @@ The :class:`Enforcer` computes ``(principal, channel, resource, action)`` in
 one place, asks the policy engine, logs exactly one decision event per routed
 request and denies by default: a request that matches no bound route is
 answered by its fallback and never reaches a handler. It runs on the routes
-themselves (each bound handler is reached only through it);
-:meth:`Enforcer.middleware` applies the very same code as an aiohttp
-middleware to an app bound with :func:`bind`. Every error becomes a JSON body
-without a traceback (:func:`error_middleware` for apps that need it alone).
+themselves: :meth:`Enforcer.bind` is the only way to bind a route, and each
+bound handler is reached only through the enforcer. Every error becomes a
+JSON body without a traceback.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
+from aiohttp.typedefs import Handler
 from aiohttp.web_urldispatcher import PrefixedSubAppResource
 
 from enforcer.errors import BadRequest, HiveError, NotFound, Unavailable
@@ -57,13 +56,9 @@ __all__ = [
     "Enforcer",
     "RouteBinding",
     "UnboundRouteError",
-    "authorization_middleware",
-    "bind",
-    "binding_for",
     "check_raw_path",
     "check_routes",
     "decision_event",
-    "error_middleware",
     "json_error",
     "route_bindings",
     "startup_check",
@@ -90,7 +85,7 @@ ROUTE_BINDINGS: web.AppKey[dict[web.AbstractRoute, RouteBinding]] = web.AppKey(
 """Per application: route object -> its binding (sub-applications keep their own)."""
 
 PRINCIPAL: web.RequestKey[str] = web.RequestKey("principal", str)
-"""The principal the middleware computed from the transport."""
+"""The principal the enforcer computed from the transport."""
 
 DECISION: web.RequestKey[Decision] = web.RequestKey("decision", Decision)
 """The policy decision that let the request through."""
@@ -115,7 +110,7 @@ class UnboundRouteError(HiveError):
 
 
 class Decider(Protocol):
-    """What the middleware needs from :class:`enforcer.policy.PolicyEngine`."""
+    """What the enforcer needs from :class:`enforcer.policy.PolicyEngine` to decide."""
 
     def decide(self, req: AccessRequest) -> Decision:
         """Decide one request."""
@@ -147,31 +142,6 @@ def _resource_fn(
         constant = resource
         return lambda _request: constant
     return resource
-
-
-def bind(
-    app: web.Application,
-    method: str,
-    path: str,
-    handler: Handler,
-    *,
-    action: str,
-    resource: Callable[[web.Request], str | Awaitable[str]] | str,
-    name: str | None = None,
-) -> web.AbstractRoute:
-    """Record ``method path -> handler`` bound to one catalogue ``action``, NOT enforced here.
-
-    For an app whose enforcement is :meth:`Enforcer.middleware`; an app
-    enforced on its routes uses :meth:`Enforcer.bind`. ``resource`` is a
-    constant or a function of the request (``match_info``,
-    :data:`PRINCIPAL`) that returns the policy resource - or an awaitable of
-    it, when the resource is named in the body (``agent.register``); it may
-    raise a :class:`HiveError` (e.g. :class:`BadRequest` for a bad parameter).
-    No ``HEAD`` route is added implicitly: bind it explicitly if wanted.
-    """
-    route = app.router.add_route(method, path, handler, name=name)
-    _bindings(app)[route] = RouteBinding(action, _resource_fn(resource))
-    return route
 
 
 def _walk_routes(
@@ -252,21 +222,6 @@ def startup_check(*, engine: _Engine, channel: str) -> Callable[[web.Application
         check_routes(app, current.catalogue, channel=channel)
 
     return _check
-
-
-def binding_for(request: web.Request) -> RouteBinding | None:
-    """The binding of the route that matched ``request`` (None: unmatched/unbound)."""
-    match_info = request.match_info
-    if match_info.http_exception is not None:
-        return None
-    route = match_info.route
-    for app in reversed(match_info.apps):
-        table = app.get(ROUTE_BINDINGS)
-        if table is not None:
-            binding = table.get(route)
-            if binding is not None:
-                return binding
-    return None
 
 
 # --- raw paths ----------------------------------------------------------------
@@ -381,8 +336,7 @@ class Enforcer:
     because a middleware costs every request two extra coroutine layers (its
     own and aiohttp's ``_fix_request_current_app``), which on the agent
     sockets was more than the whole decision (``bench/agent_socket.py``).
-    Every error of a bound handler is answered here too, as
-    :func:`error_middleware` would.
+    Every error of a bound handler is answered here too (:func:`_error_response`).
 
     ``guard``, when given, runs first of all (a daemon's own routing check; a
     :class:`HiveError` it raises is answered like any other refusal).
@@ -454,8 +408,8 @@ class Enforcer:
         return isinstance(handler, functools.partial) and handler.func == self._run
 
     async def _check_enforced(self, app: web.Application) -> None:
-        # A route recorded with the middleware-flavoured bind() has a binding
-        # but, without the middleware, nothing would enforce it.
+        # A binding put into ROUTE_BINDINGS by hand (or by another enforcer's
+        # table) would pass check_routes while nothing here enforces it.
         loose = [
             f"{route.method} {route.resource.canonical if route.resource else '?'}"
             for route, _binding in route_bindings(app)
@@ -468,18 +422,6 @@ class Enforcer:
                     for where in loose
                 )
             )
-
-    def middleware(self) -> Middleware:
-        """The same enforcement as an aiohttp middleware, for routes bound with :func:`bind`."""
-
-        @web.middleware
-        async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
-            binding = binding_for(request)
-            if binding is None:
-                return await self._unmatched(request)
-            return await self._run(handler, binding, request)
-
-        return authorize
 
     # --- per request ------------------------------------------------------------
 
@@ -561,7 +503,7 @@ class Enforcer:
                 return json_error(403, "forbidden", decision.reason, request_id=request_id)
             request[DECISION] = decision
             return await handler(request)
-        except Exception as e:  # HiveError, HTTP errors, crashes: as error_middleware does
+        except Exception as e:  # HiveError, HTTP errors, crashes: a JSON answer
             return _error_response(request, e)
 
     async def _unmatched(self, request: web.Request) -> web.StreamResponse:
@@ -573,15 +515,12 @@ class Enforcer:
             request[PRINCIPAL] = found if isinstance(found, str) else await found
         except HiveError as e:
             return self._refused(e, request_id)
+        # Which methods would another route of this path take (405 rather than 404)?
         allowed: set[str] = set()
-        exc = request.match_info.http_exception
-        if isinstance(exc, web.HTTPMethodNotAllowed):  # middleware mode: aiohttp's own verdict
-            allowed = set(exc.allowed_methods)
-        elif exc is None:  # our fallback route matched: which methods would another route take?
-            for resource in request.match_info.current_app.router.resources():
-                if resource not in self._fallbacks:
-                    _match, methods = await resource.resolve(request)
-                    allowed |= methods
+        for resource in request.match_info.current_app.router.resources():
+            if resource not in self._fallbacks:
+                _match, methods = await resource.resolve(request)
+                allowed |= methods
         if allowed:
             resp = json_error(
                 405, "method_not_allowed", "method not allowed", request_id=request_id
@@ -591,31 +530,8 @@ class Enforcer:
         return json_error(404, NotFound.code, "no such route", request_id=request_id)
 
 
-def authorization_middleware(
-    *,
-    engine: _LiveEngine,
-    channel: str,
-    principal_of: Callable[[web.Request], str | Awaitable[str]],
-    path_check: Callable[[str], None] = check_raw_path,
-    on_decision: DecisionSink | None = None,
-    guard: Callable[[web.Request], None] | None = None,
-) -> Middleware:
-    """:class:`Enforcer` as a middleware, for an app whose routes are bound with :func:`bind`.
-
-    It is also the app's error middleware (see :func:`error_middleware`).
-    """
-    return Enforcer(
-        engine=engine,
-        channel=channel,
-        principal_of=principal_of,
-        path_check=path_check,
-        on_decision=on_decision,
-        guard=guard,
-    ).middleware()
-
-
 def _error_response(request: web.Request, error: BaseException) -> web.StreamResponse:
-    """What :func:`error_middleware` answers for ``error`` (re-raised when not an error).
+    """The JSON answer for ``error`` raised by a handler (re-raised when not an error).
 
     Called from an ``except`` block only."""
     if isinstance(error, HiveError):
@@ -639,12 +555,3 @@ def _error_response(request: web.Request, error: BaseException) -> web.StreamRes
         # called from an except block: the traceback is the one being handled
         _log.exception("handler.crashed", logger=_LOGGER, path=request.path, request_id=request_id)
     return json_error(500, "internal", "internal error", request_id=request_id)
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """HiveError -> its status + JSON; HTTP errors -> JSON; anything else -> 500 JSON, logged."""
-    try:
-        return await handler(request)
-    except Exception as e:
-        return _error_response(request, e)

@@ -538,7 +538,7 @@ def _space_guard(request: web.Request) -> None:
     """A raw path in the agent space must have matched an agent route, and only then.
 
     The raw target is checked first (authz checks it again): a refused path is
-    a 400 whatever it would have matched. Run by the authorisation middleware
+    a 400 whatever it would have matched. Run by the enforcer
     before anything else (its ``guard``), not as a middleware layer of its own.
     """
     paths.check_target(request.raw_path)
@@ -831,35 +831,30 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 def create_app(config: HiveConfig, *, engine: PolicyEngine | None = None) -> web.Application:
     """The gateway application (routes bound, default-deny authorisation, sessions)."""
     engine = engine if engine is not None else PolicyEngine(config.policy_dir)
-    app = web.Application(
-        client_max_size=FORM_LIMIT,
-        middlewares=[
-            _pages_middleware,
-            # Errors, the agent-space guard, authorisation and the decision log:
-            # one layer (each layer costs a coroutine per request).
-            authz.authorization_middleware(
-                engine=engine,
-                channel="gateway",
-                principal_of=_principal_of,
-                path_check=paths.check_target,
-                guard=_space_guard,
-            ),
-        ],
+    # Errors, the agent-space guard, authorisation and the decision log: the
+    # enforcer, on every bound route. The one middleware turns gateway-made
+    # errors into pages.
+    enforcer = authz.Enforcer(
+        engine=engine,
+        channel="gateway",
+        principal_of=_principal_of,
+        path_check=paths.check_target,
+        guard=_space_guard,
     )
+    app = web.Application(client_max_size=FORM_LIMIT, middlewares=[_pages_middleware])
     app[CONFIG] = config
     app[ENGINE] = engine
     app[_TOKEN] = []
     app.cleanup_ctx.append(_resources)
-    app.on_startup.append(authz.startup_check(engine=engine, channel="gateway"))
     app.on_response_prepare.append(_security_headers)
 
-    authz.bind(
+    enforcer.bind(
         app, "GET", "/login", _login_form_handler, action="session.login", resource="session"
     )
-    authz.bind(app, "POST", "/login", _login, action="session.login", resource="session")
-    authz.bind(app, "POST", "/logout", _logout, action="session.logout", resource="session")
-    authz.bind(app, "GET", "/health", _health, action="health.read", resource="health")
-    authz.bind(
+    enforcer.bind(app, "POST", "/login", _login, action="session.login", resource="session")
+    enforcer.bind(app, "POST", "/logout", _logout, action="session.logout", resource="session")
+    enforcer.bind(app, "GET", "/health", _health, action="health.read", resource="health")
+    enforcer.bind(
         app,
         "GET",
         "/static/{path:.+}",
@@ -867,7 +862,7 @@ def create_app(config: HiveConfig, *, engine: PolicyEngine | None = None) -> web
         action="static.read",
         resource=lambda r: f"static/{paths.parse_target(r.raw_path).path[len('/static/') :]}",
     )
-    authz.bind(
+    enforcer.bind(
         app,
         "*",
         "/agent/{name}/{tail:.*}",
@@ -876,7 +871,7 @@ def create_app(config: HiveConfig, *, engine: PolicyEngine | None = None) -> web
         resource=_agent_resource,
         name="agent-ui",
     )
-    authz.bind(
+    enforcer.bind(
         app,
         "GET",
         "/agent/{name}",
@@ -885,7 +880,8 @@ def create_app(config: HiveConfig, *, engine: PolicyEngine | None = None) -> web
         resource=_agent_resource,
         name="agent-ui-slash",
     )
-    authz.bind(app, "*", "/{tail:.*}", _to_core, action="dashboard.view", resource="ui")
+    enforcer.bind(app, "*", "/{tail:.*}", _to_core, action="dashboard.view", resource="ui")
+    enforcer.install(app)
     return app
 
 

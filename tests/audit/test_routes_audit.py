@@ -27,6 +27,13 @@ def _apps(config: HiveConfig) -> dict[str, tuple[str, web.Application]]:
     return {d: (ch, app) for d, ch, app in daemon_apps(config, PolicyEngine(config.policy_dir))}
 
 
+def _enforcer(channel: str) -> authz.Enforcer:
+    """An enforcer to bind with, as every daemon binds its routes."""
+    return authz.Enforcer(
+        engine=PolicyEngine(default_policy_dir()), channel=channel, principal_of=lambda _r: "x"
+    )
+
+
 def _facts(apps: dict[str, tuple[str, web.Application]]) -> list[RouteFact]:
     out: list[RouteFact] = []
     for daemon, (channel, app) in apps.items():
@@ -50,7 +57,7 @@ def test_a_route_without_an_action_is_a_finding(tmp_path: Path) -> None:
     config = _config(tmp_path)
     apps = _apps(config)
     _, gateway_app = apps["gateway"]
-    gateway_app.router.add_get("/sneaky", _nothing)  # not through authz.bind
+    gateway_app.router.add_get("/sneaky", _nothing)  # not through an enforcer
     report = build_report(AuditOptions(config, default_policy_dir()), route_facts=_facts(apps))
     bound = report.check("routes.bound")
     assert bound.failed
@@ -66,7 +73,7 @@ def test_an_operator_action_on_an_agent_socket_is_a_finding(tmp_path: Path) -> N
     config = _config(tmp_path)
     apps = _apps(config)
     _, agent_app = apps["core (agent sockets)"]
-    authz.bind(
+    _enforcer("socket").bind(
         agent_app, "POST", "/v1/answer", _nothing, action="question.answer", resource="question:1"
     )
     report = build_report(AuditOptions(config, default_policy_dir()), route_facts=_facts(apps))
@@ -82,7 +89,9 @@ def test_an_action_missing_from_the_catalogue_is_a_finding(tmp_path: Path) -> No
     config = _config(tmp_path)
     apps = _apps(config)
     _, core_app = apps["core (core.sock)"]
-    authz.bind(core_app, "GET", "/api/secret", _nothing, action="secret.read", resource="x")
+    _enforcer("gateway").bind(
+        core_app, "GET", "/api/secret", _nothing, action="secret.read", resource="x"
+    )
     report = build_report(AuditOptions(config, default_policy_dir()), route_facts=_facts(apps))
     known = report.check("routes.known")
     assert [f.where for f in known.findings] == ["core (core.sock): GET /api/secret"]

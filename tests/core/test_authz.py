@@ -24,11 +24,17 @@ async def _ok(request: web.Request) -> web.Response:
     return web.json_response({})
 
 
+def _bind(engine: PolicyEngine, app: web.Application, method: str, path: str, action: str) -> None:
+    """Bind through an enforcer, as every daemon does (the resource is a constant)."""
+    enforcer = authz.Enforcer(engine=engine, channel="gateway", principal_of=lambda _r: "x")
+    enforcer.bind(app, method, path, _ok, action=action, resource="x")
+
+
 async def test_an_unbound_route_is_a_start_up_error(
     hive_dirs: tuple[Path, Path],
 ) -> None:
     app = create_app(make_config(*hive_dirs))
-    app.router.add_get("/api/sneaky", _ok)  # not through authz.bind
+    app.router.add_get("/api/sneaky", _ok)  # not through an enforcer
     runner = web.AppRunner(app)
     with pytest.raises(authz.UnboundRouteError, match="/api/sneaky"):
         await runner.setup()
@@ -37,7 +43,7 @@ async def test_an_unbound_route_is_a_start_up_error(
 
 def test_auto_added_head_routes_count_as_unbound(engine: PolicyEngine) -> None:
     app = web.Application()
-    authz.bind(app, "GET", "/x", _ok, action="health.read", resource="health")
+    _bind(engine, app, "GET", "/x", "health.read")
     authz.check_routes(app, engine.current.catalogue, channel="gateway")  # type: ignore[union-attr]
     app.router.add_get("/y", _ok)  # adds GET and HEAD
     with pytest.raises(authz.UnboundRouteError, match="HEAD /y"):
@@ -50,7 +56,7 @@ def test_sub_applications_and_static_routes_are_checked(
     catalogue = engine.current.catalogue  # type: ignore[union-attr]
     app = web.Application()
     sub = web.Application()
-    authz.bind(sub, "GET", "/ok", _ok, action="health.read", resource="health")
+    _bind(engine, sub, "GET", "/ok", "health.read")
     app.add_subapp("/sub", sub)
     authz.check_routes(app, catalogue, channel="gateway")
     sub2 = web.Application()
@@ -66,7 +72,7 @@ def test_sub_applications_and_static_routes_are_checked(
 
 def test_unknown_actions_are_refused(engine: PolicyEngine) -> None:
     app = web.Application()
-    authz.bind(app, "GET", "/x", _ok, action="no.such.action", resource="x")
+    _bind(engine, app, "GET", "/x", "no.such.action")
     with pytest.raises(authz.UnboundRouteError, match="not in the catalogue"):
         authz.check_routes(app, engine.current.catalogue, channel="gateway")  # type: ignore[union-attr]
 
@@ -76,7 +82,7 @@ def test_operator_actions_cannot_be_bound_on_the_socket_channel(
     engine: PolicyEngine, action: str
 ) -> None:
     app = web.Application()
-    authz.bind(app, "POST", "/x", _ok, action=action, resource="x")
+    _bind(engine, app, "POST", "/x", action)
     with pytest.raises(authz.UnboundRouteError, match="no route on the socket channel"):
         authz.check_routes(app, engine.current.catalogue, channel="socket")  # type: ignore[union-attr]
 
@@ -154,9 +160,10 @@ async def test_a_route_bound_but_not_enforced_is_a_start_up_error(
     hive_dirs: tuple[Path, Path],
 ) -> None:
     app = create_app(make_config(*hive_dirs))
-    # Recorded with an action, but this app has no enforcement middleware:
-    # nothing would decide its requests.
-    authz.bind(app, "GET", "/api/loose", _ok, action="health.read", resource="health")
+    # A binding recorded by hand: check_routes sees an action, but the handler
+    # is not the enforcer's, so nothing would decide its requests.
+    route = app.router.add_route("GET", "/api/loose", _ok)
+    app[authz.ROUTE_BINDINGS][route] = authz.RouteBinding("health.read", lambda _r: "health")
     runner = web.AppRunner(app)
     with pytest.raises(authz.UnboundRouteError, match="/api/loose: bound but not enforced"):
         await runner.setup()
