@@ -146,7 +146,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import parse_qs, quote
@@ -154,7 +154,7 @@ from urllib.parse import parse_qs, quote
 import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from enforcer import authz, paths, proxy, supervisor
@@ -181,6 +181,7 @@ __all__ = [
     "ENGINE",
     "FORM_LIMIT",
     "SESSIONS",
+    "AgentRedirectRefused",
     "AgentRegistry",
     "add_arguments",
     "create_app",
@@ -224,6 +225,8 @@ _AGENT_RESPONSE_DROP = frozenset(
         # changes how the whole origin is isolated.
         "alt-svc",
         "origin-agent-cluster",
+        # A redirect by another name, which no Location check would see.
+        "refresh",
     }
 )
 # Request headers that never leave the gateway.
@@ -774,6 +777,34 @@ def _view_redirect(request: web.Request, agent: paths.AgentTarget) -> web.Stream
     return None
 
 
+class AgentRedirectRefused(proxy.UpstreamError):
+    """An agent UI redirected outside its own pages (an open redirect on our origin)."""
+
+    code = "agent_redirect_refused"
+
+
+def _redirect_check(
+    request: web.Request, agent: paths.AgentTarget
+) -> Callable[[int, CIMultiDictProxy[str]], None]:
+    """Refuse an agent answer whose ``Location`` leaves ``/agent/<name>/``.
+
+    Otherwise any agent could send the operator, on the operator's own
+    origin, to any site (``/agent/<name>/go`` -> ``https://elsewhere``).
+    """
+    space = f"/agent/{agent.name}/"
+    asked = request.raw_path.split("?", 1)[0]
+
+    def check(status: int, headers: CIMultiDictProxy[str]) -> None:
+        for location in headers.getall("Location", ()):
+            problem = paths.agent_redirect_problem(location, asked, space)
+            if problem is not None:
+                raise AgentRedirectRefused(
+                    f"the agent's UI redirected outside its pages: {problem}"
+                )
+
+    return check
+
+
 async def _agent_ui(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
     agent = _agent_of(request)
@@ -799,8 +830,15 @@ async def _agent_ui(request: web.Request) -> web.StreamResponse:
         if proxy.is_websocket_upgrade(request):
             return await proxy.forward_websocket(request, request.app[_AGENTS], url, headers)
         return await proxy.forward_http(
-            request, request.app[_AGENTS], url, headers, response_drop=_AGENT_RESPONSE_DROP
+            request,
+            request.app[_AGENTS],
+            url,
+            headers,
+            response_drop=_AGENT_RESPONSE_DROP,
+            check_response=_redirect_check(request, agent),
         )
+    except AgentRedirectRefused:
+        raise  # the agent answered: its address is fine
     except proxy.UpstreamError:
         registry.forget(agent.name)
         raise

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -218,12 +218,15 @@ async def forward_http(
     *,
     body: bytes | None = None,
     response_drop: Iterable[str] = (),
+    check_response: Callable[[int, CIMultiDictProxy[str]], None] | None = None,
 ) -> web.StreamResponse:
     """Forward ``request`` to ``url`` (encoded, sent as is) and stream the answer back.
 
     ``headers`` are sent as given (the caller filtered them and set its own);
     ``body`` replaces the client's body when the caller had to read it (a small
-    form), otherwise the client's body streams through.
+    form), otherwise the client's body streams through. ``check_response``
+    sees the upstream's status and headers before anything is sent and may
+    refuse the answer by raising (e.g. :class:`UpstreamError`).
     """
     data: object
     if body is not None:
@@ -249,6 +252,8 @@ async def forward_http(
             # passed on, it would leave the client's connection in an
             # undefined state. WebSockets go through forward_websocket.
             raise UpstreamError(f"the upstream answered {upstream.status} to a plain request")
+        if check_response is not None:
+            check_response(upstream.status, upstream.headers)
         headers_out = filter_response_headers(upstream.headers, drop=response_drop)
         length = upstream.content_length
         if length is not None and length <= SMALL_BODY and request.method != "HEAD":

@@ -179,6 +179,7 @@ def agent_double_app(double: Double) -> web.Application:
         "Clear-Site-Data": '"cookies"',
         "X-Frame-Options": "DENY",
         "Strict-Transport-Security": "max-age=1",
+        "Refresh": "0; url=https://elsewhere.invalid/",
     }
 
     async def slow(request: web.Request) -> web.Response:
@@ -187,8 +188,9 @@ def agent_double_app(double: Double) -> web.Application:
         return web.Response(text="late")
 
     async def redirect(request: web.Request) -> web.Response:
+        # Wherever ?to= says (relative "elsewhere" by default: inside its pages).
         _record(double, request)
-        raise web.HTTPFound("/elsewhere", headers=hostile)
+        raise web.HTTPFound(request.query.get("to", "elsewhere"), headers=hostile)
 
     async def anything(request: web.Request) -> web.Response:
         body = await request.read()

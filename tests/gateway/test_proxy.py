@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -124,6 +125,7 @@ async def test_agent_responses_are_sandboxed_and_cookieless(
                 "Access-Control-Allow-Origin",
                 "Clear-Site-Data",
                 "Strict-Transport-Security",
+                "Refresh",
             ):
                 assert banned not in resp.headers, (path, banned)
     # The agent's cookie did not land in the browser either.
@@ -315,3 +317,48 @@ async def test_websockets_pass_through(
     assert "Cookie" not in seen
     if path.startswith("/agent/"):
         assert "X-Hive-Principal" not in seen
+
+
+@pytest.mark.parametrize(
+    ("to", "location"),
+    [
+        ("elsewhere", "elsewhere"),
+        ("../alpha/done", "../alpha/done"),
+        ("/agent/alpha/done", "/agent/alpha/done"),
+    ],
+)
+async def test_an_agent_may_redirect_within_its_own_pages(
+    stack: Stack, client: aiohttp.ClientSession, to: str, location: str
+) -> None:
+    url = stack.url(f"/agent/alpha/redirect?to={quote(to, safe='')}")
+    async with client.get(url, allow_redirects=False) as resp:
+        assert resp.status == 302
+        assert resp.headers["Location"] == location
+
+
+@pytest.mark.parametrize(
+    "to",
+    [
+        "https://elsewhere.invalid/",
+        "//elsewhere.invalid/",
+        "/\\elsewhere.invalid/",
+        "/api/agents",
+        "/elsewhere",
+        "/agent/beta/",
+        "../../api/agents",
+        "javascript:alert(1)",
+    ],
+)
+async def test_an_agent_redirect_out_of_its_pages_is_refused(
+    stack: Stack, client: aiohttp.ClientSession, to: str
+) -> None:
+    url = stack.url(f"/agent/alpha/redirect?to={quote(to, safe='')}")
+    async with client.get(url, allow_redirects=False) as resp:
+        assert resp.status == 502
+        assert "Location" not in resp.headers
+        page = await resp.text()
+        assert "elsewhere" not in page
+        assert "/api/agents" not in page
+    # The agent answered: its UI is still reachable afterwards.
+    async with client.get(stack.url("/agent/alpha/page")) as resp:
+        assert resp.status == 200
