@@ -116,6 +116,25 @@ def proc_fds(pid: int) -> int:
         return 0
 
 
+def proc_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (the gateway is a supervisor and its workers)."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                children = Path(f"/proc/{current}/task/{task}/children").read_text().split()
+            except OSError:
+                continue
+            todo.extend(int(c) for c in children)
+    return out
+
+
 @dataclass
 class Daemons:
     """The real core and gateway as subprocesses on one temporary directory.
@@ -617,9 +636,11 @@ class LoadResult:
 def _usage(d: Daemons) -> tuple[dict[str, int], dict[str, int]]:
     assert d.core is not None
     assert d.gateway is not None
+    # The gateway's figures add up its supervisor and every worker.
+    gateway = proc_tree(d.gateway.pid)
     return (
-        {"core": proc_rss_kib(d.core.pid), "gateway": proc_rss_kib(d.gateway.pid)},
-        {"core": proc_fds(d.core.pid), "gateway": proc_fds(d.gateway.pid)},
+        {"core": proc_rss_kib(d.core.pid), "gateway": sum(map(proc_rss_kib, gateway))},
+        {"core": proc_fds(d.core.pid), "gateway": sum(map(proc_fds, gateway))},
     )
 
 

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import os
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -297,6 +298,16 @@ def _request_ids() -> Callable[[], str]:
 
 
 _new_request_id = _request_ids()
+
+
+def _reseed_request_ids() -> None:
+    # A forked worker (the gateway's supervisor forks) must not count on from
+    # its parent's prefix: two workers would hand out the same ids.
+    global _new_request_id
+    _new_request_id = _request_ids()
+
+
+os.register_at_fork(after_in_child=_reseed_request_ids)
 _ACCEPTED_PATHS_LIMIT = 4096
 _VERDICTS_LIMIT = 4096
 

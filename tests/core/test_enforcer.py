@@ -4,9 +4,11 @@ every request - cached or not - is decided and logged."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from pathlib import Path
 
+from enforcer import authz
 from enforcer.config import default_policy_dir
 from tests.core.conftest import make_config, start_core
 
@@ -84,3 +86,21 @@ async def test_removing_an_agent_refuses_its_open_connections(
             assert "no registered agent" in (await resp.json())["reason"]
     finally:
         await core.runner.cleanup()
+
+
+def test_forked_workers_hand_out_distinct_request_ids() -> None:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first ids, to the parent
+        try:
+            os.write(write, " ".join(authz._new_request_id() for _ in range(3)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split())
+    os.waitpid(pid, 0)
+    parent = {authz._new_request_id() for _ in range(3)}
+    assert len(child) == 3
+    assert child.isdisjoint(parent)
+    assert {i[:8] for i in child}.isdisjoint({i[:8] for i in parent})
