@@ -141,24 +141,41 @@ def load_or_create_token(path: Path) -> str:
     return token
 
 
-def _read_token(path: Path) -> str:
+def _read_private(path: Path, what: str, error: type[HiveError], fix: str, limit: int) -> bytes:
+    """Up to ``limit`` bytes of ``path``, a regular file only its owner can read.
+
+    Symlinks are refused (``O_NOFOLLOW``); ``FileNotFoundError`` passes
+    through; anything else wrong raises ``error`` naming ``what`` (and ``fix``
+    when others could read it).
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise
     except OSError as e:
-        raise TokenFileError(f"{path}: cannot open the operator token file: {e}") from e
-    with os.fdopen(fd, "r", encoding="ascii", errors="strict") as f:
+        raise error(f"{path}: cannot open {what}: {e}") from e
+    with os.fdopen(fd, "rb") as f:
         info = os.fstat(f.fileno())
         if not stat.S_ISREG(info.st_mode):
-            raise TokenFileError(f"{path}: the operator token file is not a regular file")
+            raise error(f"{path}: {what} is not a regular file")
         if info.st_mode & 0o077:
-            raise TokenFileError(
-                f"{path}: the operator token file is readable by others "
-                f"(mode {stat.S_IMODE(info.st_mode):04o}); chmod 600 it"
+            raise error(
+                f"{path}: {what} is readable by others "
+                f"(mode {stat.S_IMODE(info.st_mode):04o}); {fix}"
             )
-        try:
-            token = f.read(4096).strip()
-        except UnicodeDecodeError as e:
-            raise TokenFileError(f"{path}: the operator token is not ASCII") from e
+        return f.read(limit)
+
+
+def _read_token(path: Path) -> str:
+    what = "the operator token file"
+    try:
+        raw = _read_private(path, what, TokenFileError, "chmod 600 it", 4096)
+    except FileNotFoundError as e:
+        raise TokenFileError(f"{path}: cannot open {what}: {e}") from e
+    try:
+        token = raw.decode("ascii").strip()
+    except UnicodeDecodeError as e:
+        raise TokenFileError(f"{path}: the operator token is not ASCII") from e
     if len(token) < 16:
         raise TokenFileError(f"{path}: the operator token is empty or too short")
     return token
@@ -239,22 +256,9 @@ def load_or_create_key(path: Path) -> bytes:
 
 def _read_key(path: Path) -> bytes:
     """The key at ``path``; FileNotFoundError when absent, SessionKeyError when unusable."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        raise
-    except OSError as e:
-        raise SessionKeyError(f"{path}: cannot open the session key: {e}") from e
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise SessionKeyError(f"{path}: the session key is not a regular file")
-        if info.st_mode & 0o077:
-            raise SessionKeyError(
-                f"{path}: the session key is readable by others "
-                f"(mode {stat.S_IMODE(info.st_mode):04o}); delete it (every session ends)"
-            )
-        text = f.read(256).strip()
+    text = _read_private(
+        path, "the session key", SessionKeyError, "delete it (every session ends)", 256
+    ).strip()
     try:
         key = bytes.fromhex(text.decode("ascii"))
     except (UnicodeDecodeError, ValueError) as e:
