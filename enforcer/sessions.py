@@ -126,19 +126,51 @@ def tokens_equal(given: str, expected: str) -> bool:
 
 
 def load_or_create_token(path: Path) -> str:
-    """The operator token at ``path``, generated (mode 0600) if the file does not exist."""
-    token = secrets.token_urlsafe(_TOKEN_BYTES)
+    """The operator token at ``path``, generated (mode 0600) if the file does not exist.
+
+    Published whole (:func:`_publish_private`): gateways starting together
+    agree on one token, and none reads a half-written file.
+    """
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
         return _read_token(path)
+    except FileNotFoundError:
+        pass
+    _publish_private(
+        path, secrets.token_urlsafe(_TOKEN_BYTES), "the operator token file", TokenFileError
+    )
+    try:
+        return _read_token(path)
+    except FileNotFoundError as e:
+        raise TokenFileError(f"{path}: the operator token file vanished while it was made") from e
+
+
+def _publish_private(path: Path, text: str, what: str, error: type[HiveError]) -> None:
+    """Create ``path`` (0600) holding ``text`` unless it exists; never half-written.
+
+    ``text`` goes to a private ``O_EXCL`` temporary file, is synced, and is
+    published with ``link(2)``, which fails when ``path`` exists: of several
+    processes starting together exactly one file wins, and no reader ever
+    sees a partial one.
+    """
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except OSError as e:
-        raise TokenFileError(f"{path}: cannot create the operator token file: {e}") from e
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        # umask cannot loosen 0600, but a pre-set umask could tighten it oddly: be explicit.
-        os.fchmod(f.fileno(), 0o600)
-        f.write(token + "\n")
-    return token
+        raise error(f"{path}: cannot create {what}: {e}") from e
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            # umask cannot loosen 0600, but a pre-set umask could tighten it oddly.
+            os.fchmod(f.fileno(), 0o600)
+            f.write(text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileExistsError):  # another process's file won
+            os.link(temp, path)
+    except OSError as e:
+        raise error(f"{path}: cannot create {what}: {e}") from e
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
 
 
 def _read_private(path: Path, what: str, error: type[HiveError], fix: str, limit: int) -> bytes:
@@ -167,11 +199,8 @@ def _read_private(path: Path, what: str, error: type[HiveError], fix: str, limit
 
 
 def _read_token(path: Path) -> str:
-    what = "the operator token file"
-    try:
-        raw = _read_private(path, what, TokenFileError, "chmod 600 it", 4096)
-    except FileNotFoundError as e:
-        raise TokenFileError(f"{path}: cannot open {what}: {e}") from e
+    """The token at ``path``; FileNotFoundError when absent, TokenFileError when unusable."""
+    raw = _read_private(path, "the operator token file", TokenFileError, "chmod 600 it", 4096)
     try:
         token = raw.decode("ascii").strip()
     except UnicodeDecodeError as e:
@@ -222,32 +251,16 @@ def ensure_session_dir(path: Path) -> Path:
 def load_or_create_key(path: Path) -> bytes:
     """The 32-byte session key at ``path``; created (0600) by the first caller.
 
-    The key is written to a private ``O_EXCL`` temporary file and published
-    with ``link(2)``, which fails when ``path`` exists: of several workers
-    starting together exactly one key wins, and none reads a partial file.
+    Published whole (:func:`_publish_private`): of several workers starting
+    together exactly one key wins, and none reads a partial file.
     """
     try:
         return _read_key(path)
     except FileNotFoundError:
         pass
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except OSError as e:
-        raise SessionKeyError(f"{path}: cannot create the session key: {e}") from e
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write(secrets.token_bytes(_KEY_BYTES).hex() + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        with contextlib.suppress(FileExistsError):  # another worker's key won
-            os.link(temp, path)
-    except OSError as e:
-        raise SessionKeyError(f"{path}: cannot create the session key: {e}") from e
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
+    _publish_private(
+        path, secrets.token_bytes(_KEY_BYTES).hex(), "the session key", SessionKeyError
+    )
     try:
         return _read_key(path)
     except FileNotFoundError as e:

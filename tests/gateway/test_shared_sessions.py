@@ -33,6 +33,7 @@ from enforcer.sessions import (
     SessionKeyError,
     SessionStore,
     load_or_create_key,
+    load_or_create_token,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,6 +91,27 @@ def test_workers_starting_together_agree_on_one_key(gateway_dir: Path) -> None:
         keys = pool.starmap(_race, [(str(gateway_dir / KEY_FILE), start)] * 12)
     assert len(set(keys)) == 1
     assert sorted(p.name for p in gateway_dir.iterdir()) == [KEY_FILE]
+
+
+def _race_token(path: str, start: float) -> str:
+    import time
+
+    time.sleep(max(0.0, start - time.time()))
+    return load_or_create_token(Path(path))
+
+
+def test_gateways_starting_together_agree_on_one_operator_token(gateway_dir: Path) -> None:
+    # Two gateways once read a token file its creator had not written yet
+    # ("the operator token is empty or too short"): it is now published whole.
+    gateway_dir.mkdir(mode=0o700)
+    import time
+
+    start = time.time() + 0.5
+    with multiprocessing.get_context("fork").Pool(6) as pool:
+        tokens = pool.starmap(_race_token, [(str(gateway_dir / "operator-token"), start)] * 12)
+    assert len(set(tokens)) == 1
+    assert sorted(p.name for p in gateway_dir.iterdir()) == ["operator-token"]
+    assert stat.S_IMODE((gateway_dir / "operator-token").stat().st_mode) == 0o600
 
 
 def test_a_key_others_can_read_or_a_symlink_or_garbage_is_refused(gateway_dir: Path) -> None:
