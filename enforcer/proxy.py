@@ -295,21 +295,11 @@ def _protocols(request: web.BaseRequest) -> tuple[str, ...]:
     return tuple(p.strip() for p in value.split(",") if p.strip())
 
 
-async def _pump_to_client(
-    source: aiohttp.ClientWebSocketResponse, sink: web.WebSocketResponse
+async def _pump(
+    source: aiohttp.ClientWebSocketResponse | web.WebSocketResponse,
+    sink: aiohttp.ClientWebSocketResponse | web.WebSocketResponse,
 ) -> None:
-    async for msg in source:
-        if msg.type is aiohttp.WSMsgType.TEXT:
-            await sink.send_str(msg.data)
-        elif msg.type is aiohttp.WSMsgType.BINARY:
-            await sink.send_bytes(msg.data)
-        else:
-            break
-
-
-async def _pump_to_upstream(
-    source: web.WebSocketResponse, sink: aiohttp.ClientWebSocketResponse
-) -> None:
+    """Copy text and binary messages from ``source`` to ``sink`` until anything else."""
     async for msg in source:
         if msg.type is aiohttp.WSMsgType.TEXT:
             await sink.send_str(msg.data)
@@ -353,8 +343,8 @@ async def forward_websocket(
     try:
         await client.prepare(request)
         tasks = [
-            asyncio.ensure_future(_pump_to_client(upstream, client)),
-            asyncio.ensure_future(_pump_to_upstream(client, upstream)),
+            asyncio.ensure_future(_pump(upstream, client)),
+            asyncio.ensure_future(_pump(client, upstream)),
         ]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
