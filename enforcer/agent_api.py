@@ -312,20 +312,24 @@ async def state_write(request: web.Request) -> web.Response:
     return web.json_response({"path": rel, "size": len(data)})
 
 
-def _res(suffix: str = "") -> Any:
+# Every agent resource follows from the principal and the path alone.
+
+
+def _res(suffix: str = "") -> authz.PathResource:
     def resource(request: web.Request) -> str:
         return f"agent:{_me(request)}{suffix}"
 
-    return resource
+    return authz.path_resource(resource)
 
 
-def _res_id(kind: str) -> Any:
+def _res_id(kind: str) -> authz.PathResource:
     def resource(request: web.Request) -> str:
         return f"agent:{_me(request)}/{kind}/{parse_id(request.match_info['id'], kind[:-1])}"
 
-    return resource
+    return authz.path_resource(resource)
 
 
+@authz.path_resource
 def _res_state(request: web.Request) -> str:
     return f"agent:{_me(request)}/state/{_rel_path(request)}"
 
@@ -430,7 +434,7 @@ def create_agent_app(core: CoreState) -> web.Application:
         engine=core.engine,
         channel="socket",
         principal_of=agent_principal(core.registry),
-        on_decision=core.record_decision,
+        on_decision=core.decision_ring.append,
     )
     app[CORE] = core
     for route in ROUTES:

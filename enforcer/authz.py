@@ -55,12 +55,14 @@ __all__ = [
     "Decider",
     "DecisionSink",
     "Enforcer",
+    "PathResource",
     "RouteBinding",
     "UnboundRouteError",
     "check_raw_path",
     "check_routes",
     "decision_event",
     "json_error",
+    "path_resource",
     "route_bindings",
     "startup_check",
     "unsafe_raw_path_reason",
@@ -72,12 +74,44 @@ _log = structlog.get_logger()
 _LOGGER = "enforcer.authz"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class RouteBinding:
-    """The one catalogue action a route performs, and how to compute its resource."""
+    """The one catalogue action a route performs, and how to compute its resource.
+
+    ``from_path``: the resource depends only on the principal and the raw
+    request target (see :func:`path_resource`), so a verdict may be
+    remembered per (principal, binding, raw target). Compared by identity.
+    """
 
     action: str
     resource: Callable[[web.Request], str | Awaitable[str]]
+    from_path: bool = False
+
+
+class PathResource:
+    """A resource function of the principal and the request target only.
+
+    See :func:`path_resource`.
+    """
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn: Callable[[web.Request], str]) -> None:
+        self._fn = fn
+
+    def __call__(self, request: web.Request) -> str:
+        return self._fn(request)
+
+
+def path_resource(fn: Callable[[web.Request], str]) -> PathResource:
+    """Declare that ``fn`` computes the resource from :data:`PRINCIPAL` and the path only.
+
+    Only ``match_info`` and the raw target (path and query) may be read:
+    never headers, the body or any state. The enforcer then remembers the
+    verdict per (principal, route, raw target) and skips ``fn`` on a repeat.
+    A constant resource (a string) is always treated so.
+    """
+    return PathResource(fn)
 
 
 ROUTE_BINDINGS: web.AppKey[dict[web.AbstractRoute, RouteBinding]] = web.AppKey(
@@ -118,10 +152,10 @@ class Decider(Protocol):
         ...
 
 
-DecisionSink = Callable[[Mapping[str, Any], str], None]
-"""Receives every decision: its event without the request id (shared between
-requests: do not change it), and the request id. The core keeps a ring of them
-for the audit view."""
+DecisionSink = Callable[[tuple[Mapping[str, Any], str]], None]
+"""Receives every decision as one pair: its event without the request id
+(shared between requests: do not change it), and the request id. The core
+passes its ring's ``append`` (the audit view's newest decisions)."""
 
 
 # --- binding ----------------------------------------------------------------
@@ -375,6 +409,9 @@ class Enforcer:
         self._accepted: set[str] = set()
         # (principal, resource, action) -> verdict, valid while its policy is live.
         self._verdicts: dict[tuple[str, str, str], _Verdict] = {}
+        # (principal, binding, raw target) -> verdict, for bindings whose resource
+        # follows from the path: the resource function is skipped on a repeat.
+        self._by_target: dict[tuple[str, RouteBinding, str], _Verdict] = {}
         self._fallbacks: set[web.AbstractResource] = set()
 
     # --- wiring ---------------------------------------------------------------
@@ -398,7 +435,8 @@ class Enforcer:
         raise a :class:`HiveError` (e.g. :class:`BadRequest` for a bad
         parameter). No ``HEAD`` route is added implicitly.
         """
-        binding = RouteBinding(action, _resource_fn(resource))
+        from_path = isinstance(resource, str | PathResource)
+        binding = RouteBinding(action, _resource_fn(resource), from_path)
         enforced = functools.partial(self._run, handler, binding)
         route = app.router.add_route(method, path, enforced, name=name)
         _bindings(app)[route] = binding
@@ -436,18 +474,22 @@ class Enforcer:
 
     # --- per request ------------------------------------------------------------
 
-    def _admit(self, request: web.Request, request_id: str) -> str | Awaitable[str]:
+    def _admit(self, request: web.Request) -> str | Awaitable[str]:
         """Guard, principal, raw path: the checks every request passes before routing matters."""
         if self._guard is not None:
             self._guard(request)
         found = self._principal_of(request)
         raw_path = request.raw_path
         if raw_path not in self._accepted:
-            self._path_check(raw_path)
-            if len(self._accepted) >= _ACCEPTED_PATHS_LIMIT:
-                self._accepted.clear()
-            self._accepted.add(raw_path)
+            self._accept(raw_path)
         return found
+
+    def _accept(self, raw_path: str) -> None:
+        """Check a raw path not seen before; remember it (a pure check) when acceptable."""
+        self._path_check(raw_path)
+        if len(self._accepted) >= _ACCEPTED_PATHS_LIMIT:
+            self._accepted.clear()
+        self._accepted.add(raw_path)
 
     def _refused(self, error: HiveError, request_id: str) -> web.Response:
         with contextlib.suppress(OSError):  # refused either way, logged if the disk allows
@@ -461,11 +503,11 @@ class Enforcer:
             )
         return _hive_error_response(error, request_id)
 
-    def _verdict(self, principal: str, resource: str, action: str) -> _Verdict:
-        """The live policy's decision and its rendered log line (cached per policy version)."""
-        policy = self._engine.current
-        key = (principal, resource, action)
-        verdict = self._verdicts.get(key)
+    def _verdict(
+        self, policy: Policy | None, principal: str, resource: str, action: str
+    ) -> _Verdict:
+        """``policy``'s (the live one, just read) decision and its rendered log line, cached."""
+        verdict = self._verdicts.get((principal, resource, action))
         if verdict is not None and verdict.policy is policy:
             return verdict
         access = AccessRequest(principal, self.channel, resource, action)
@@ -479,27 +521,44 @@ class Enforcer:
         )
         if len(self._verdicts) >= _VERDICTS_LIMIT:
             self._verdicts.clear()
-        self._verdicts[key] = verdict
+        self._verdicts[(principal, resource, action)] = verdict
         return verdict
 
     async def _run(
         self, handler: Handler, binding: RouteBinding, request: web.Request
     ) -> web.StreamResponse:
+        # The hot path of every request: _admit inlined, and a verdict remembered
+        # per (principal, route, raw target) where the resource follows from the
+        # path - every call layer is measurable here (bench/agent_socket.py).
         request_id = _new_request_id()
         request[REQUEST_ID] = request_id
         try:
             try:
-                found = self._admit(request, request_id)
+                if self._guard is not None:
+                    self._guard(request)
+                found = self._principal_of(request)
+                raw_path = request.raw_path
+                if raw_path not in self._accepted:
+                    self._accept(raw_path)
                 principal = found if isinstance(found, str) else await found
             except HiveError as e:
                 return self._refused(e, request_id)
             request[PRINCIPAL] = principal
-            try:
-                computed = binding.resource(request)
-                resource = computed if isinstance(computed, str) else await computed
-            except HiveError as e:
-                return _hive_error_response(e, request_id)
-            verdict = self._verdict(principal, resource, binding.action)
+            policy = self._engine.current
+            verdict = (
+                self._by_target.get((principal, binding, raw_path)) if binding.from_path else None
+            )
+            if verdict is None or verdict.policy is not policy:
+                try:
+                    computed = binding.resource(request)
+                    resource = computed if isinstance(computed, str) else await computed
+                except HiveError as e:
+                    return _hive_error_response(e, request_id)
+                verdict = self._verdict(policy, principal, resource, binding.action)
+                if binding.from_path:
+                    if len(self._by_target) >= _VERDICTS_LIMIT:
+                        self._by_target.clear()
+                    self._by_target[(principal, binding, raw_path)] = verdict
             try:
                 verdict.line.write(request_id)
             except OSError as e:
@@ -508,7 +567,7 @@ class Enforcer:
                 reason = f"the decision log cannot be written: {e.strerror or e}"
                 return _hive_error_response(Unavailable(reason), request_id)
             if self._on_decision is not None:
-                self._on_decision(verdict.line.event, request_id)
+                self._on_decision((verdict.line.event, request_id))
             decision = verdict.decision
             if not decision.allowed:
                 return json_error(403, "forbidden", decision.reason, request_id=request_id)
@@ -522,7 +581,7 @@ class Enforcer:
         request_id = _new_request_id()
         request[REQUEST_ID] = request_id
         try:
-            found = self._admit(request, request_id)
+            found = self._admit(request)
             request[PRINCIPAL] = found if isinstance(found, str) else await found
         except HiveError as e:
             return self._refused(e, request_id)

@@ -81,7 +81,7 @@ def create_app(
         engine=core.engine,
         channel="gateway",
         principal_of=core_principal(config.resolved_gateway_uid()),
-        on_decision=core.record_decision,
+        on_decision=core.decision_ring.append,
     )
     app[CORE] = core
     for route in operator_api.ROUTES:

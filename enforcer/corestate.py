@@ -93,15 +93,12 @@ class CoreState:
     sites: AgentSites | None = None
     agent_app: web.Application | None = None
     # (the decision's fields without its request id, the request id): the
-    # enforcer shares the first part between requests, so recording is one append.
+    # enforcer shares the first part between requests, so recording is one append
+    # (the enforcers' decision sink is this ring's append).
     decision_ring: collections.deque[tuple[Mapping[str, Any], str]] = field(
         default_factory=lambda: collections.deque(maxlen=1000)
     )
     instrument: Instrument | None = None
-
-    def record_decision(self, event: Mapping[str, Any], request_id: str) -> None:
-        """The enforcers' sink: keep the newest decisions for the audit view."""
-        self.decision_ring.append((event, request_id))
 
     @property
     def decisions(self) -> list[dict[str, Any]]:

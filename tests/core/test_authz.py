@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from enforcer import agent_api, authz, operator_api
 from enforcer.config import default_policy_dir
@@ -186,3 +188,40 @@ async def test_unmatched_routes_are_404_json_and_run_nothing(core: Core) -> None
         resp = await op.delete("/api/agents")
         assert resp.status == 405
         assert "reason" in await resp.json()
+
+
+async def test_a_path_resource_is_computed_once_per_target_and_policy_version(
+    engine: PolicyEngine,
+) -> None:
+    calls: list[str] = []
+    seen: list[tuple[Any, str]] = []
+
+    @authz.path_resource
+    def by_path(request: web.Request) -> str:
+        calls.append(request.raw_path)
+        return "health"
+
+    def by_header(request: web.Request) -> str:  # not declared path-only: never remembered
+        return request.headers.get("X-Which", "health")
+
+    app = web.Application()
+    enforcer = authz.Enforcer(
+        engine=engine,
+        channel="gateway",
+        principal_of=lambda _r: "anonymous",
+        on_decision=seen.append,
+    )
+    enforcer.bind(app, "GET", "/p", _ok, action="health.read", resource=by_path)
+    enforcer.bind(app, "GET", "/h", _ok, action="health.read", resource=by_header)
+    enforcer.install(app)
+    async with TestClient(TestServer(app)) as client:
+        for target in ("/p", "/p", "/p?x=1", "/p"):
+            assert (await client.get(target)).status == 200
+        assert calls == ["/p", "/p?x=1"], "a repeated target reuses its verdict"
+        assert engine.reload().ok
+        assert (await client.get("/p")).status == 200
+        assert calls == ["/p", "/p?x=1", "/p"], "a new policy version decides afresh"
+        seen.clear()
+        await client.get("/h", headers={"X-Which": "one"})
+        await client.get("/h", headers={"X-Which": "two"})
+        assert [event["resource"] for event, _rid in seen] == ["one", "two"]
