@@ -527,24 +527,20 @@ class Enforcer:
     async def _run(
         self, handler: Handler, binding: RouteBinding, request: web.Request
     ) -> web.StreamResponse:
-        # The hot path of every request: _admit inlined, and a verdict remembered
-        # per (principal, route, raw target) where the resource follows from the
-        # path - every call layer is measurable here (bench/agent_socket.py).
+        # The hot path of every request: a verdict is remembered per (principal,
+        # route, raw target) where the resource follows from the path, so a repeat
+        # skips the resource function and the policy (bench/agent_socket.py).
         request_id = _new_request_id()
         request[REQUEST_ID] = request_id
         try:
             try:
-                if self._guard is not None:
-                    self._guard(request)
-                found = self._principal_of(request)
-                raw_path = request.raw_path
-                if raw_path not in self._accepted:
-                    self._accept(raw_path)
+                found = self._admit(request)
                 principal = found if isinstance(found, str) else await found
             except HiveError as e:
                 return self._refused(e, request_id)
             request[PRINCIPAL] = principal
             policy = self._engine.current
+            raw_path = request.raw_path
             verdict = (
                 self._by_target.get((principal, binding, raw_path)) if binding.from_path else None
             )

@@ -15,7 +15,7 @@ import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import pytest
 import structlog
@@ -78,24 +78,32 @@ def log_file(tmp_path: Path) -> Iterator[Path]:
             configure_logging(io.StringIO())
 
 
+def _write_one(stream: TextIO, event: dict[str, Any], request_id: str) -> None:
+    configure_logging(stream)
+    try:
+        DecisionLine(event, "enforcer.authz").write(request_id)
+    finally:
+        configure_logging(io.StringIO())
+
+
+def _timestamp_of(line: str) -> str:
+    found = _TIMESTAMP.search(line)
+    assert found is not None, line
+    return found.group(1)
+
+
 @given(event=decision_events(), request_id=request_ids)
 def test_a_decision_line_is_exactly_what_structlog_renders(
     tmp_path_factory: pytest.TempPathFactory, event: dict[str, Any], request_id: str
 ) -> None:
     path = tmp_path_factory.mktemp("log") / "decisions.log"
     with path.open("w") as stream:
-        configure_logging(stream)
-        try:
-            DecisionLine(event, "enforcer.authz").write(request_id)
-        finally:
-            configure_logging(io.StringIO())
+        _write_one(stream, event, request_id)  # straight to the file's descriptor
     data = path.read_bytes()
     assert data.count(b"\n") == 1, "one line"
     assert data.endswith(b"\n"), "a whole line"
     line = data.decode("ascii")  # ASCII JSON, like JSONRenderer's default
-    found = _TIMESTAMP.search(line)
-    assert found is not None
-    assert line[:-1] == _structlog_line(event, request_id, found.group(1))
+    assert line[:-1] == _structlog_line(event, request_id, _timestamp_of(line))
     assert json.loads(line)["request_id"] == request_id
 
 
@@ -104,15 +112,9 @@ def test_a_stream_without_a_descriptor_gets_the_same_line(
     event: dict[str, Any], request_id: str
 ) -> None:
     stream = io.StringIO()
-    configure_logging(stream)
-    try:
-        DecisionLine(event, "enforcer.authz").write(request_id)
-    finally:
-        configure_logging(io.StringIO())
+    _write_one(stream, event, request_id)
     line = stream.getvalue()
-    found = _TIMESTAMP.search(line)
-    assert found is not None
-    assert line == _structlog_line(event, request_id, found.group(1)) + "\n"
+    assert line == _structlog_line(event, request_id, _timestamp_of(line)) + "\n"
 
 
 _EVENT = {
