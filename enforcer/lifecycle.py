@@ -48,7 +48,11 @@ class LifecycleBackend(Protocol):
         ...
 
     def status(self, name: str) -> str:
-        """``running``, ``stopped``, ``failed`` (died while it should run) or ``absent``."""
+        """``running``, ``stopped``, ``failed`` (died while it should run) or ``absent``.
+
+        A backend that cannot tell right now (its helper does not answer) says
+        ``unknown`` rather than repeat what may no longer hold.
+        """
         ...
 
     async def close(self) -> None:

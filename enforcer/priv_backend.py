@@ -17,8 +17,9 @@ The lifecycle interface's :meth:`~PrivLifecycleBackend.status` is synchronous
 lifecycle call's answer, refreshed by a background task that sends one
 ``container.status`` (every container at once) every ``poll_interval``
 seconds. A status is therefore at most about one interval (plus one
-round-trip) old; while hive-priv is unreachable it is the last one known (see
-``docs/backends.md``).
+round-trip) old. While hive-priv does not answer, an agent's status is
+``unknown`` - unless a lifecycle call about it was answered after the last
+poll failed (see ``docs/backends.md``).
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ class PrivLifecycleBackend:
         self._failures = 0  # polls failed in a row
         self._closed = False
         self._polled_at: float | None = None
+        # When the first of the polls failing now was sent (None: the last one answered).
+        self._down_since: float | None = None
 
     def _remember(self, name: str, info: dict[str, Any] | None) -> None:
         if info is None:
@@ -126,7 +129,7 @@ class PrivLifecycleBackend:
         """Ask hive-priv for every container's status now; False if it could not answer.
 
         An unreachable or refusing hive-priv is logged once (and once again
-        when it answers again); the cache keeps the last known status.
+        when it answers again); meanwhile :meth:`status` says ``unknown``.
         """
         started = time.monotonic()
         try:
@@ -137,14 +140,17 @@ class PrivLifecycleBackend:
                     "priv.status_unavailable",
                     error=e.code,
                     reason=e.reason,
-                    keeping="the last known status",
+                    status="unknown until it answers",
                 )
             self._reachable = False
+            if self._down_since is None:
+                self._down_since = started
             self._failures += 1
             return False
         if self._reachable is False:
             _log().info("priv.status_restored")
         self._reachable, self._polled_at, self._failures = True, time.monotonic(), 0
+        self._down_since = None
         self._apply(containers, started)
         return True
 
@@ -210,13 +216,18 @@ class PrivLifecycleBackend:
         self._remember(agent.name, None)
 
     def status(self, name: str) -> str:
-        """``running``, ``stopped``, ``failed`` (died while it should run) or ``absent``.
+        """``running``, ``stopped``, ``failed``, ``absent`` or ``unknown``.
 
         From the cache: hive-priv's last answer about ``name`` (a lifecycle
         call's or the last poll's), so up to about one poll interval old.
         ``absent``: hive-priv has no such container (or was never asked).
+        ``unknown``: hive-priv stopped answering status polls and has said
+        nothing about ``name`` since - what it said before may no longer hold.
         """
         self._ensure_poller(reopen=False)
+        down_since = self._down_since
+        if down_since is not None and self._touched.get(name, -1.0) < down_since:
+            return "unknown"
         return core_status(self._last.get(name))
 
     def ui_url(self, name: str) -> str | None:

@@ -44,15 +44,16 @@ _FAILED = frozenset({"failed", "error", "crashed"})
 
 
 def display_status(backend_status: str, reported: str) -> str:
-    """``running``, ``stopped`` or ``failed``: the lifecycle backend's word, refined.
+    """``running``, ``stopped``, ``failed`` or ``unknown``: the lifecycle backend's word, refined.
 
     The backend knows whether the process runs; an agent that reported itself
-    failed (or a backend that says so) shows as failed.
+    failed (or a backend that says so) shows as failed. A backend that cannot
+    tell right now (hive-priv does not answer) shows as unknown.
     """
     if backend_status in _FAILED or reported.strip().lower() in _FAILED:
         return "failed"
-    if backend_status == "running":
-        return "running"
+    if backend_status in {"running", "unknown"}:
+        return backend_status
     return "stopped"
 
 

@@ -203,11 +203,12 @@ def test_a_death_while_hive_priv_was_down_is_failed_after_its_restart(priv: Priv
         with _captured_log() as log:
             priv.stop()  # socket activation: the next connection would start it again
             _kill(pids[dies.name], signal.SIGKILL)  # not hive-priv's child any more
-            # hive-priv down: the core keeps what it knew, and says so once.
+            # hive-priv down: the core no longer claims to know, and logs it once.
             for _ in range(3):
                 assert not await backend.refresh()
             await asyncio.sleep(3 * POLL)
-            assert backend.status(dies.name) == "running"
+            assert backend.status(dies.name) == "unknown"
+            assert backend.status(alive.name) == "unknown"
             assert len(_events(log, "priv.status_unavailable")) == 1
             priv.start()
             await _until(lambda: backend.status(dies.name), "failed", env=priv)
@@ -289,9 +290,27 @@ def test_an_unreachable_hive_priv_is_logged_once_and_nothing_crashes(tmp_path: P
         await asyncio.sleep(0.3)
         assert not await backend.refresh()
         assert backend.status_age is None
+        assert backend.status("a1") == "unknown", "hive-priv never answered"
         await backend.close()
 
     with _captured_log() as log:
         asyncio.run(main())
     assert len(_events(log, "priv.status_unavailable")) == 1
     assert not _events(log, "priv.status_poll_failed")
+
+
+def test_a_lifecycle_answer_after_a_failed_poll_gives_that_agent_its_status_back(
+    tmp_path: Path,
+) -> None:
+    # The cache rule alone: no hive-priv. Polls fail (nothing listens there).
+    async def main() -> None:
+        backend = PrivLifecycleBackend(PrivClient(tmp_path / "none.sock"))
+        backend._apply({"a1": {"state": "running"}, "b1": {"state": "running"}}, time.monotonic())
+        assert [backend.status(n) for n in ("a1", "b1")] == ["running", "running"]
+        assert not await backend.refresh()
+        assert [backend.status(n) for n in ("a1", "b1")] == ["unknown", "unknown"]
+        backend._remember("a1", {"state": "stopped"})  # e.g. a stop that hive-priv answered
+        assert [backend.status(n) for n in ("a1", "b1")] == ["stopped", "unknown"]
+        await backend.close()
+
+    asyncio.run(main())

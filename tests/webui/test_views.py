@@ -167,6 +167,8 @@ def test_display_status_words() -> None:
     assert views.display_status("absent", "") == "stopped"
     assert views.display_status("stopped", "Failed") == "failed"
     assert views.display_status("failed", "") == "failed"
+    assert views.display_status("unknown", "") == "unknown"
+    assert views.display_status("unknown", "crashed") == "failed"
 
 
 # --- the page routes on the core, without the gateway ---------------------------------------
