@@ -120,7 +120,12 @@ class LocalProcessBackend:
     async def stop(self, agent: AgentRecord) -> None:
         """SIGTERM the agent's process group; SIGKILL after the timeout."""
         proc = self._procs.pop(agent.name, None)
-        if proc is None or proc.returncode is not None:
+        if proc is not None:
+            await self._terminate(proc)
+
+    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
+        """SIGTERM ``proc``'s process group, SIGKILL after the timeout; reap it."""
+        if proc.returncode is not None:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -161,13 +166,4 @@ class LocalProcessBackend:
     async def close(self) -> None:
         """Stop every process this backend started."""
         for name in list(self._procs):
-            proc = self._procs.pop(name)
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), self._stop_timeout)
-                except TimeoutError:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    await proc.wait()
+            await self._terminate(self._procs.pop(name))
