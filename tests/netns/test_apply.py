@@ -10,21 +10,18 @@ import pytest
 
 from netns.apply import Nft, NftError
 from netns.ruleset import ContainerEntry, compile_ruleset, subjects_for
-from tests.conftest import require_root
-from tests.netns.helpers import Names, fresh_names, make_policy
+from tests.netns.helpers import Names, make_policy
 
 EGRESS = '[[egress]]\nprincipal = "role:agent"\nto = ["0.0.0.0/0", "::/0"]\nports = [80]\n'
 
 
 @pytest.fixture
-def names() -> Iterator[Names]:
-    require_root()
-    n = fresh_names()
+def names(names: Names) -> Iterator[Names]:
+    """The shared fixture (root, unique names, swept), plus this module's second table."""
     try:
-        yield n
+        yield names
     finally:
-        Nft(n.table).delete_table()
-        Nft(n.table + "o").delete_table()
+        Nft(names.table + "o").delete_table()
 
 
 def _entry(i: int) -> ContainerEntry:

@@ -116,8 +116,8 @@ class PrivEnv:
         """hive-priv's log so far (stderr: JSON lines)."""
         return self.log_path.read_text(errors="replace")
 
-    def start(self) -> None:
-        """Launch hive-priv the dev way: systemd-socket-activate + group/mode fix-up."""
+    def environ(self) -> dict[str, str]:
+        """hive-priv's environment: this test's directories, no config file."""
         env = dict(
             os.environ,
             HIVE_RUN_DIR=str(self.run_dir),
@@ -126,19 +126,26 @@ class PrivEnv:
             PYTHONPATH=str(REPO),
         )
         env.pop("HIVE_CONFIG", None)
-        args = [
+        return env
+
+    def args(self) -> list[str]:
+        """``hive-boundary priv``'s options for this test's core, table and names."""
+        return [
             "--core-uid", str(self.core.uid),
             "--core-gid", str(self.core.gid),
             "--table", self.table,
             "--netns-prefix", self.netns_prefix,
             "--ifprefix", self.ifprefix,
         ]  # fmt: skip
+
+    def start(self) -> None:
+        """Launch hive-priv the dev way: systemd-socket-activate + group/mode fix-up."""
         with self.log_path.open("ab") as log:
             self.proc = spawn_socket_activated(
                 self.socket,
-                args,
+                self.args(),
                 group_gid=self.core.gid,
-                env=env,
+                env=self.environ(),
                 executable=[sys.executable, "-m", "enforcer.cli"],
                 stderr=log,
             )

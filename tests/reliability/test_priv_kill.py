@@ -170,22 +170,8 @@ class Activator:
 @pytest.fixture
 def activated(priv_env: PrivEnv) -> Iterator[tuple[PrivEnv, Activator]]:  # noqa: F811
     """hive-priv behind the test's activator (instead of systemd-socket-activate)."""
-    env = dict(
-        os.environ,
-        HIVE_RUN_DIR=str(priv_env.run_dir),
-        HIVE_STATE_DIR=str(priv_env.state_dir),
-        HIVE_POLICY_DIR=str(priv_env.policy_dir),
-        PYTHONPATH=str(REPO),
-    )
-    env.pop("HIVE_CONFIG", None)
-    argv = [
-        str(HIVE_BOUNDARY), "priv",
-        "--core-uid", str(priv_env.core.uid),
-        "--core-gid", str(priv_env.core.gid),
-        "--table", priv_env.table,
-        "--netns-prefix", priv_env.netns_prefix,
-        "--ifprefix", priv_env.ifprefix,
-    ]  # fmt: skip
+    env = priv_env.environ()
+    argv = [str(HIVE_BOUNDARY), "priv", *priv_env.args()]
     priv_env.log_path.touch(mode=0o600)
     act = Activator(priv_env.socket, priv_env.core.gid, argv, env, priv_env.log_path)
     try:
