@@ -174,6 +174,7 @@ from enforcer.sessions import (
     session_dir,
     tokens_equal,
 )
+from enforcer.upstream import Upstream
 
 __all__ = [
     "AGENT_CSP",
@@ -238,6 +239,9 @@ SESSIONS: web.AppKey[SessionStore] = web.AppKey("gateway_sessions", SessionStore
 _TOKEN: web.AppKey[list[str]] = web.AppKey("gateway_token", list)
 _CORE: web.AppKey[aiohttp.ClientSession] = web.AppKey("gateway_core", aiohttp.ClientSession)
 _AGENTS: web.AppKey[aiohttp.ClientSession] = web.AppKey("gateway_agents", aiohttp.ClientSession)
+# Plain HTTP to the core (the hot path) goes through the lean client; the
+# aiohttp session above keeps the core's WebSockets and the registry's lookups.
+_CORE_HTTP: web.AppKey[Upstream] = web.AppKey("gateway_core_http", Upstream)
 _REGISTRY: web.AppKey[AgentRegistry] = web.AppKey("gateway_registry")
 
 _SESSION: web.RequestKey[Session] = web.RequestKey("gateway_session", Session)
@@ -646,6 +650,12 @@ def _core_url(request: web.Request) -> URL:
     )
 
 
+def _core_target(request: web.Request) -> str:
+    """The checked request target as the core receives it (an empty query dropped)."""
+    target = paths.parse_target(request.raw_path)
+    return f"{target.path}?{target.query}" if target.query else target.path
+
+
 # --- handlers -----------------------------------------------------------------
 
 
@@ -708,14 +718,17 @@ async def _to_core(request: web.Request) -> web.StreamResponse:
     body: bytes | None = None
     if request.method not in _SAFE_METHODS:
         body = await _require_csrf(request)
-    url = _core_url(request)
     headers = _core_headers(request)
     try:
         if proxy.is_websocket_upgrade(request):
             if not _origin_ok(request):
                 raise Forbidden("cross-origin WebSocket refused")
-            return await proxy.forward_websocket(request, request.app[_CORE], url, headers)
-        return await proxy.forward_http(request, request.app[_CORE], url, headers, body=body)
+            return await proxy.forward_websocket(
+                request, request.app[_CORE], _core_url(request), headers
+            )
+        return await proxy.forward_core(
+            request, request.app[_CORE_HTTP], _core_target(request), headers, body=body
+        )
     except proxy.UpstreamTimeout:
         raise
     except proxy.UpstreamError as e:
@@ -728,7 +741,9 @@ async def _static(request: web.Request) -> web.StreamResponse:
     headers["Host"] = _authority(request.app[CONFIG])
     headers["X-Hive-Request-Id"] = request[authz.REQUEST_ID]
     try:
-        return await proxy.forward_http(request, request.app[_CORE], _core_url(request), headers)
+        return await proxy.forward_core(
+            request, request.app[_CORE_HTTP], _core_target(request), headers
+        )
     except proxy.UpstreamTimeout:
         raise
     except proxy.UpstreamError as e:
@@ -858,9 +873,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     connect, idle = config.gateway.connect_timeout, config.gateway.idle_timeout
     async with (
         proxy.unix_session(config.core_socket, connect_timeout=connect, idle_timeout=idle) as core,
+        Upstream(config.core_socket, connect_timeout=connect, idle_timeout=idle) as core_http,
         proxy.tcp_session(connect_timeout=connect, idle_timeout=idle) as agents,
     ):
         app[_CORE] = core
+        app[_CORE_HTTP] = core_http
         app[_AGENTS] = agents
         app[_REGISTRY] = AgentRegistry(config, core)
         yield

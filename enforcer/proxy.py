@@ -33,7 +33,13 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from enforcer.errors import HiveError
+from enforcer.upstream import (
+    Upstream,
+    UpstreamAnswer,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 
 __all__ = [
     "HOP_BY_HOP",
@@ -43,6 +49,7 @@ __all__ = [
     "UpstreamUnreachable",
     "filter_request_headers",
     "filter_response_headers",
+    "forward_core",
     "forward_http",
     "forward_websocket",
     "is_spoofable",
@@ -82,24 +89,6 @@ _REQUEST_REFUSED = HOP_BY_HOP | _REQUEST_OWN
 _RESPONSE_REFUSED_PREFIXES = ("access-control-", "x-hive-")
 SMALL_BODY = 16 * 1024
 """Bodies up to this size with a known length are sent with their headers in one write."""
-
-
-class UpstreamError(HiveError):
-    """The upstream failed before a response could start."""
-
-    status = 502
-    code = "bad_gateway"
-
-
-class UpstreamUnreachable(UpstreamError):
-    """Could not connect to the upstream (down, refused, no socket)."""
-
-
-class UpstreamTimeout(UpstreamError):
-    """The upstream did not connect or answer within its timeout."""
-
-    status = 504
-    code = "gateway_timeout"
 
 
 def is_spoofable(name: str) -> bool:
@@ -246,6 +235,43 @@ async def forward_http(
         raise UpstreamUnreachable("the upstream is unreachable") from e
     except aiohttp.ClientError as e:
         raise UpstreamError("the upstream failed") from e
+    return await _relay(
+        request, upstream, response_drop=response_drop, check_response=check_response
+    )
+
+
+async def forward_core(
+    request: web.Request,
+    upstream: Upstream,
+    target: str,
+    headers: CIMultiDict[str],
+    *,
+    body: bytes | None = None,
+) -> web.StreamResponse:
+    """:func:`forward_http` over the lean core client (:class:`enforcer.upstream.Upstream`).
+
+    ``target`` is the origin-form request target (path and query, encoded).
+    """
+    answer: UpstreamAnswer
+    if body is not None:
+        answer = await upstream.request(request.method, target, headers, body)
+    elif request.body_exists:
+        answer = await upstream.request(
+            request.method, target, headers, request.content, length=request.content_length
+        )
+    else:
+        answer = await upstream.request(request.method, target, headers)
+    return await _relay(request, answer)
+
+
+async def _relay(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse | UpstreamAnswer,
+    *,
+    response_drop: Iterable[str] = (),
+    check_response: Callable[[int, CIMultiDictProxy[str]], None] | None = None,
+) -> web.StreamResponse:
+    """Send the upstream's answer to the client (small bodies whole, others streamed)."""
     try:
         if upstream.status < 200:
             # A 1xx final answer (101 to a request that asked for no upgrade):

@@ -1,0 +1,368 @@
+"""A lean HTTP/1.1 client for the gateway's hop to the core over ``core.sock``.
+
+Every operator request crosses this hop, so it is on the gateway's hot path.
+``aiohttp.ClientSession`` spends about as much per request as the gateway's
+whole server side (URL objects, tracing, cookie jar, timers, a request and a
+response object); this client keeps only what one trusted upstream on a unix
+socket needs. ``bench/gateway.py`` measures the difference.
+
+What is whose:
+
+- **Response framing is aiohttp's.** Each connection is aiohttp's own client
+  protocol (``ResponseHandler``) with its llhttp-based response parser, the
+  very code ``ClientSession`` runs: ``Content-Length`` / chunked / close
+  framing, header limits, 1xx handling and payload errors are unchanged.
+- **The request head** is serialised by aiohttp's header serialiser, which
+  refuses control characters (CR, LF, NUL, ...) in the request line, in every
+  name and in every value, so no header can smuggle a line. The target must
+  be origin-form (``/...``) without spaces. The body is framed here: exactly
+  ``Content-Length`` bytes, or chunked when its length is unknown.
+- **Keep-alive.** A connection returns to the pool only when its answer was
+  read to the end, the request was sent whole, neither side asked to close,
+  and the parser holds nothing left over; anything else is closed. Idle
+  connections older than ``keepalive`` seconds are dropped (the core's server
+  closes idle ones after 75 s). A request that fails on a reused connection
+  before any answer (the core closed it while idle, or restarted) is retried
+  once on a new connection when its method is idempotent and its body can be
+  sent again, as ``ClientSession`` does.
+- **Timeouts.** ``connect_timeout`` to get a connection (waiting for a free
+  slot, then connecting); ``idle_timeout`` for each read of the answer.
+- **Errors** before the answer starts are :class:`UpstreamError` subclasses
+  (502 unreachable or broken, 504 timeout); errors while the body streams are
+  aiohttp's payload errors, as with ``ClientSession``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from pathlib import Path
+from types import TracebackType
+
+from aiohttp import ClientOSError, ServerDisconnectedError
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_writer import _serialize_headers
+from aiohttp.streams import EofStream, StreamReader
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from enforcer.errors import HiveError
+
+__all__ = [
+    "Upstream",
+    "UpstreamAnswer",
+    "UpstreamError",
+    "UpstreamTimeout",
+    "UpstreamUnreachable",
+]
+
+# RFC 9110 9.2.2: a request with these methods may be sent again.
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# Methods whose request has a body by definition: an absent one is sent as 0 bytes.
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_MAX_LINE = 8190
+_MAX_FIELD = 8190
+_MAX_HEADERS = 128
+
+
+class UpstreamError(HiveError):
+    """The upstream failed before a response could start."""
+
+    status = 502
+    code = "bad_gateway"
+
+
+class UpstreamUnreachable(UpstreamError):
+    """Could not connect to the upstream (down, refused, no socket)."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not connect or answer within its timeout."""
+
+    status = 504
+    code = "gateway_timeout"
+
+
+class _Connection(ResponseHandler):
+    """aiohttp's client protocol, plus when it was last put back idle."""
+
+    idle_since: float = 0.0
+
+
+class _Sent:
+    """How sending the request went; the answer may start before it ends."""
+
+    __slots__ = ("task", "whole")
+
+    def __init__(self) -> None:
+        self.whole = False
+        self.task: asyncio.Future[None] | None = None
+
+
+class UpstreamAnswer:
+    """The upstream's status and headers; ``content`` streams the body.
+
+    Read ``content`` to its end, then :meth:`release` (always, also on
+    failure): the connection goes back to the pool only if everything about
+    the exchange was complete.
+    """
+
+    __slots__ = ("_conn", "_pool", "_sent", "content", "headers", "reason", "status")
+
+    def __init__(
+        self,
+        pool: Upstream,
+        conn: _Connection,
+        sent: _Sent,
+        status: int,
+        reason: str,
+        headers: CIMultiDictProxy[str],
+        content: StreamReader,
+    ) -> None:
+        self._pool = pool
+        self._conn: _Connection | None = conn
+        self._sent = sent
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.content = content
+
+    @property
+    def content_length(self) -> int | None:
+        """The body's length when the upstream gave one (the parser checked it)."""
+        value = self.headers.get("Content-Length")
+        return int(value) if value is not None and value.isdigit() else None
+
+    def release(self) -> None:
+        """Give the connection back (kept alive only if the exchange was whole)."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        sent = self._sent
+        whole = sent.whole and self.content.is_eof() and self.content.exception() is None
+        if sent.task is not None and not sent.task.done():
+            sent.task.cancel()
+        self._pool._put_back(conn, keep=whole)
+
+
+class Upstream:
+    """A pool of keep-alive HTTP/1.1 connections to one unix socket."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        connect_timeout: float,
+        idle_timeout: float,
+        limit: int = 256,
+        keepalive: float = 15.0,
+    ) -> None:
+        self._path = str(path)
+        self._connect_timeout = connect_timeout
+        self._idle_timeout = idle_timeout
+        self._keepalive = keepalive
+        self._slots = asyncio.Semaphore(limit)
+        self._idle: collections.deque[_Connection] = collections.deque()
+        self._closed = False
+
+    async def __aenter__(self) -> Upstream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close idle connections now and every busy one when it is released."""
+        self._closed = True
+        while self._idle:
+            self._idle.pop().close()
+
+    async def request(
+        self,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        body: bytes | StreamReader | None = None,
+        *,
+        length: int | None = None,
+    ) -> UpstreamAnswer:
+        """Send one request; the answer once its status and headers are in.
+
+        ``headers`` are sent as given, except that the body's framing headers
+        (``Content-Length``, ``Transfer-Encoding``) are set here. ``body`` is
+        the whole body, or a stream of ``length`` bytes (``None``: unknown,
+        sent chunked).
+        """
+        if not target.startswith("/") or " " in target:
+            raise UpstreamError("refused to send a request target that is not origin-form")
+        headers.popall("Content-Length", None)
+        headers.popall("Transfer-Encoding", None)
+        if isinstance(body, bytes):
+            headers["Content-Length"] = str(len(body))
+        elif body is not None:
+            if length is not None:
+                headers["Content-Length"] = str(length)
+            else:
+                headers["Transfer-Encoding"] = "chunked"
+        elif method in _BODY_METHODS:
+            headers["Content-Length"] = "0"
+        try:
+            head = _serialize_headers(f"{method} {target} HTTP/1.1", headers)
+        except (ValueError, TypeError) as e:
+            raise UpstreamError(f"refused to send a malformed request head: {e}") from e
+        retry = method in _IDEMPOTENT and not isinstance(body, StreamReader)
+        while True:
+            conn, reused = await self._acquire()
+            try:
+                return await self._exchange(conn, method, head, body, length)
+            except (ServerDisconnectedError, ClientOSError, EofStream) as e:
+                # Closed under us before any answer: on a reused connection the
+                # usual cause is an idle close we had not seen yet.
+                self._put_back(conn, keep=False)
+                if reused and retry:
+                    retry = False
+                    continue
+                raise UpstreamUnreachable("the upstream closed the connection") from e
+            except TimeoutError as e:
+                self._put_back(conn, keep=False)
+                raise UpstreamTimeout("the upstream did not answer in time") from e
+            except HttpProcessingError as e:
+                self._put_back(conn, keep=False)
+                raise UpstreamError(f"the upstream's answer is malformed: {e.message}") from e
+            except BaseException:
+                self._put_back(conn, keep=False)
+                raise
+
+    async def _acquire(self) -> tuple[_Connection, bool]:
+        if self._closed:
+            raise UpstreamUnreachable("the upstream pool is closed")
+        if self._slots.locked():
+            try:
+                async with asyncio.timeout(self._connect_timeout):
+                    await self._slots.acquire()
+            except TimeoutError as e:
+                raise UpstreamTimeout("no free connection to the upstream in time") from e
+        else:
+            await self._slots.acquire()
+        idle = self._idle
+        if idle:
+            stale_before = asyncio.get_running_loop().time() - self._keepalive
+            while idle:
+                conn = idle.pop()  # the most recently used: the likeliest to be alive
+                if conn.idle_since < stale_before:
+                    conn.close()
+                    while idle:  # everything further in is older still
+                        idle.pop().close()
+                    break
+                if conn.is_connected() and not conn.should_close:
+                    return conn, True
+                conn.close()
+        try:
+            return await self._connect(), False
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, conn = await loop.create_unix_connection(lambda: _Connection(loop), self._path)
+        except TimeoutError as e:
+            raise UpstreamTimeout("the upstream did not accept a connection in time") from e
+        except OSError as e:
+            raise UpstreamUnreachable("the upstream is unreachable") from e
+        return conn
+
+    def _put_back(self, conn: _Connection, *, keep: bool) -> None:
+        self._slots.release()
+        if keep and not self._closed and conn.is_connected() and not conn.should_close:
+            conn.idle_since = asyncio.get_running_loop().time()
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    async def _exchange(
+        self,
+        conn: _Connection,
+        method: str,
+        head: bytes,
+        body: bytes | StreamReader | None,
+        length: int | None,
+    ) -> UpstreamAnswer:
+        conn.set_response_params(
+            skip_payload=method == "HEAD",
+            # No length and not chunked: the body runs to the close (RFC 9112 6.3).
+            read_until_eof=True,
+            auto_decompress=False,
+            read_timeout=self._idle_timeout,
+            max_line_size=_MAX_LINE,
+            max_field_size=_MAX_FIELD,
+            max_headers=_MAX_HEADERS,
+        )
+        transport = conn.transport
+        if transport is None:
+            raise ServerDisconnectedError()
+        sent = _Sent()
+        if isinstance(body, StreamReader):
+            transport.write(head)
+            sent.task = asyncio.ensure_future(_send_stream(conn, body, length, sent))
+        else:
+            transport.write(head + body if body else head)
+            sent.whole = True
+            conn.start_timeout()
+        try:
+            while True:
+                message, payload = await conn.read()
+                # Interim answers (1xx other than 101) are not the answer.
+                if not 100 <= message.code < 200 or message.code == 101:
+                    break
+        except BaseException:
+            if sent.task is not None:
+                sent.task.cancel()
+            raise
+        return UpstreamAnswer(
+            self, conn, sent, message.code, message.reason, message.headers, payload
+        )
+
+
+async def _send_stream(
+    conn: _Connection, body: StreamReader, length: int | None, sent: _Sent
+) -> None:
+    """Stream the client's body upstream: exactly ``length`` bytes, or chunked."""
+    transport = conn.transport
+    count = 0
+    try:
+        async for chunk in body.iter_any():
+            if transport is None or transport.is_closing():
+                return
+            count += len(chunk)
+            if length is not None:
+                if count > length:
+                    return  # more than announced: never sent, the connection dies
+                transport.write(chunk)
+            elif chunk:
+                transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            if conn.writing_paused:
+                await conn._drain_helper()
+        if transport is None or transport.is_closing():
+            return
+        if length is None:
+            transport.write(b"0\r\n\r\n")
+        elif count != length:
+            return  # fewer than announced: the request is not whole
+        sent.whole = True
+        conn.start_timeout()
+    except Exception:
+        # The client went away mid-body (or the upstream did): the request is
+        # not whole, so the connection must not be reused; cut it now so the
+        # upstream stops waiting for the rest.
+        conn.abort()
+    finally:
+        if not sent.whole and conn.transport is not None:
+            conn.abort()
