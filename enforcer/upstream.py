@@ -15,11 +15,18 @@ What is whose:
 - **The request head** is serialised by aiohttp's header serialiser, which
   refuses control characters (CR, LF, NUL, ...) in the request line, in every
   name and in every value, so no header can smuggle a line. The target must
-  be origin-form (``/...``) without spaces. The body is framed here: exactly
+  be origin-form (``/...``) in printable ASCII without spaces. A name or value
+  with bytes that are not UTF-8 (which aiohttp's server hands over as
+  surrogate escapes) is sent as exactly those bytes: aiohttp's C serialiser
+  would silently drop them, and the upstream would see another value than
+  the one the gateway checked. The body is framed here: exactly
   ``Content-Length`` bytes, or chunked when its length is unknown.
 - **Keep-alive.** A connection returns to the pool only when its answer was
-  read to the end, the request was sent whole, neither side asked to close,
-  and the parser holds nothing left over; anything else is closed. Idle
+  final (not a ``101``: the upstream switched protocols), read to the end,
+  the request was sent whole, neither side asked to close, and the parser
+  holds nothing left over; anything else is closed. A kept connection runs
+  no read timer (an answer that ended before its request's body did would
+  otherwise leave one, to fire in a later exchange). Idle
   connections older than ``keepalive`` seconds are dropped (the core's server
   closes idle ones after 75 s). A request that fails on a reused connection
   before any answer (the core closed it while idle, or restarted) is retried
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 from pathlib import Path
 from types import TracebackType
 
@@ -63,6 +71,8 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _MAX_LINE = 8190
 _MAX_FIELD = 8190
 _MAX_HEADERS = 128
+# What aiohttp's serialiser refuses in a head (RFC 9110 5.5: CTLs but HTAB).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class UpstreamError(HiveError):
@@ -139,7 +149,12 @@ class UpstreamAnswer:
         if conn is None:
             return
         sent = self._sent
-        whole = sent.whole and self.content.is_eof() and self.content.exception() is None
+        whole = (
+            self.status >= 200  # after a 101 the connection speaks another protocol
+            and sent.whole
+            and self.content.is_eof()
+            and self.content.exception() is None
+        )
         if sent.task is not None and not sent.task.done():
             sent.task.cancel()
         self._pool._put_back(conn, keep=whole)
@@ -198,7 +213,11 @@ class Upstream:
         the whole body, or a stream of ``length`` bytes (``None``: unknown,
         sent chunked).
         """
-        if not target.startswith("/") or " " in target:
+        if (
+            not target.startswith("/")
+            or " " in target
+            or not (target.isascii() and target.isprintable())
+        ):
             raise UpstreamError("refused to send a request target that is not origin-form")
         headers.popall("Content-Length", None)
         headers.popall("Transfer-Encoding", None)
@@ -212,7 +231,7 @@ class Upstream:
         elif method in _BODY_METHODS:
             headers["Content-Length"] = "0"
         try:
-            head = _serialize_headers(f"{method} {target} HTTP/1.1", headers)
+            head = _serialize_head(f"{method} {target} HTTP/1.1", headers)
         except (ValueError, TypeError) as e:
             raise UpstreamError(f"refused to send a malformed request head: {e}") from e
         retry = method in _IDEMPOTENT and not isinstance(body, StreamReader)
@@ -282,6 +301,9 @@ class Upstream:
     def _put_back(self, conn: _Connection, *, keep: bool) -> None:
         self._slots.release()
         if keep and not self._closed and conn.is_connected() and not conn.should_close:
+            # The body's sender starts the read timer when the body is out; if
+            # the answer had already ended, that timer is still running.
+            conn._drop_timeout()
             conn.idle_since = asyncio.get_running_loop().time()
             self._idle.append(conn)
         else:
@@ -329,6 +351,22 @@ class Upstream:
         return UpstreamAnswer(
             self, conn, sent, message.code, message.reason, message.headers, payload
         )
+
+
+def _serialize_head(status_line: str, headers: CIMultiDict[str]) -> bytes:
+    """The request head; raw bytes a client sent (surrogate escapes) go out as they came."""
+    ascii_only = status_line.isascii() and "".join(headers.values()).isascii()
+    if ascii_only and "".join(headers.keys()).isascii():
+        head: bytes = _serialize_headers(status_line, headers)  # refuses control characters
+        return head
+    # Rare, so plain Python: aiohttp's C serialiser would drop the surrogates,
+    # this encoding sends the bytes they stand for (and refuses any that stand
+    # for none); control characters are refused as aiohttp refuses them.
+    fields = [f"{name}: {value}" for name, value in headers.items()]
+    for text in (status_line, *headers.keys(), *headers.values()):
+        if _CONTROL.search(text) is not None:
+            raise ValueError("a control character in the request head")
+    return "\r\n".join([status_line, *fields, "", ""]).encode("utf-8", "surrogateescape")
 
 
 async def _send_stream(
