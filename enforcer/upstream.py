@@ -51,7 +51,7 @@ from aiohttp import ClientOSError, ServerDisconnectedError
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_writer import _serialize_headers
-from aiohttp.streams import EofStream, StreamReader
+from aiohttp.streams import EMPTY_PAYLOAD, EofStream, StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from enforcer.errors import HiveError
@@ -139,7 +139,15 @@ class UpstreamAnswer:
 
     @property
     def content_length(self) -> int | None:
-        """The body's length when the upstream gave one (the parser checked it)."""
+        """The body's length when the upstream gave one (the parser checked it).
+
+        None also for an answer without a body by definition (to ``HEAD``;
+        ``204``, ``304``), whatever its ``Content-Length`` says: RFC 9110 8.6
+        lets it give the length of a body it does not send, and ``content`` is
+        then an empty stream that no exact read of that length can satisfy.
+        """
+        if self.content is EMPTY_PAYLOAD:
+            return None
         value = self.headers.get("Content-Length")
         return int(value) if value is not None and value.isdigit() else None
 

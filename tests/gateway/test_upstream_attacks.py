@@ -27,6 +27,7 @@ from tests.gateway.test_upstream import (
     _get,
     _pool,
     _read_request,
+    _send,
     front,
     ok,
     served,
@@ -450,3 +451,25 @@ async def test_a_header_value_that_stands_for_no_bytes_or_smuggles_a_line_is_ref
             await pool.request("GET", "/x", CIMultiDict({"X-Note": value}))
         assert await _get(pool) == (200, b"ok")
     assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # RFC 9110 8.6: a 304 may carry the length of the body it does not send.
+        b'HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\nETag: "e"\r\n\r\n',
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    ],
+)
+async def test_an_answer_without_a_body_by_definition_is_relayed_whole(
+    sock_dir: Path, answer: bytes
+) -> None:
+    async with (
+        served(sock_dir, lambda n, r: answer if n == 1 else ok()) as (server, pool),
+        front(pool) as fr,
+    ):
+        relayed = await _send(fr, b"GET /n HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert relayed.split(b"\r\n", 1)[0] == answer.split(b"\r\n", 1)[0]
+        assert await _get(pool) == (200, b"ok")
+    assert server.connections == 1
