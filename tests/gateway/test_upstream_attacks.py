@@ -50,10 +50,12 @@ class Echo:
         self.random = random.Random(seed)
         self.connections = 0
         self.open = 0
+        self.writers: set[asyncio.StreamWriter] = set()
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self.open += 1
+        self.writers.add(writer)
         try:
             while True:
                 try:
@@ -75,6 +77,7 @@ class Echo:
             return
         finally:
             self.open -= 1
+            self.writers.discard(writer)
             writer.close()
 
 
@@ -87,6 +90,8 @@ async def echo(sock_dir: Path, seed: int = 7) -> AsyncIterator[tuple[Echo, Path]
         yield server, path
     finally:
         srv.close()
+        for writer in list(server.writers):  # a stopped server drops its connections too
+            writer.close()
         await srv.wait_closed()
 
 
@@ -473,3 +478,44 @@ async def test_an_answer_without_a_body_by_definition_is_relayed_whole(
         assert relayed.split(b"\r\n", 1)[0] == answer.split(b"\r\n", 1)[0]
         assert await _get(pool) == (200, b"ok")
     assert server.connections == 1
+
+
+@pytest.mark.parametrize(
+    ("pieces", "length"),
+    [
+        ((b"hello world",), 5),  # more than announced, in one piece
+        ((b"hel",), 5),  # fewer than announced, then the end
+    ],
+)
+async def test_a_streamed_body_that_breaks_its_length_is_never_a_whole_request(
+    sock_dir: Path, pieces: tuple[bytes, ...], length: int
+) -> None:
+    async with served(sock_dir, lambda n, r: ok()) as (server, pool):
+        body = StreamReader(_Protocol(), 2**16, loop=asyncio.get_running_loop())
+        for piece in pieces:
+            body.feed_data(piece)
+        body.feed_eof()
+        # The connection is cut before the answer: the request never became whole.
+        with pytest.raises(UpstreamError):
+            await pool.request("PUT", "/f", CIMultiDict(), body, length=length)
+        assert await _get(pool) == (200, b"ok")
+        assert pool._slots._value == 8
+    assert [r.split(b" ", 2)[1] for r in server.requests] == [b"/x"]
+
+
+async def test_a_core_restart_under_load_leaks_no_slot_and_serves_again(sock_dir: Path) -> None:
+    async with echo(sock_dir, seed=9) as (_, path):
+        pool = Upstream(path, connect_timeout=1.0, idle_timeout=2.0, limit=4)
+        await asyncio.gather(*(_fetch_own(pool, f"/warm{i}") for i in range(8)))
+    # Down: kept connections are closed by the server, new ones refused.
+    results = await asyncio.gather(
+        *(_fetch_own(pool, f"/down{i}") for i in range(8)), return_exceptions=True
+    )
+    assert all(isinstance(r, UpstreamError) for r in results), results
+    assert pool._slots._value == 4
+    path.unlink(missing_ok=True)
+    async with echo(sock_dir, seed=10) as (server, _):
+        await asyncio.gather(*(_fetch_own(pool, f"/up{i}") for i in range(8)))
+        assert pool._slots._value == 4
+        pool.close()
+        await _until_true(lambda: server.open == 0)
