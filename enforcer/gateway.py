@@ -604,6 +604,23 @@ def _origin_ok(request: web.Request) -> bool:
     )
 
 
+async def _read_form(request: web.Request) -> bytes:
+    """The form body, read until its end or past ``FORM_LIMIT`` (whichever comes first).
+
+    One ``read`` returns only what has arrived so far: a form split across
+    TCP segments would otherwise look cut short.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while size <= FORM_LIMIT:
+        chunk = await request.content.read(FORM_LIMIT + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 async def _require_csrf(request: web.Request) -> bytes | None:
     """Session + same origin + CSRF token, or :class:`Forbidden`; returns a read form body."""
     session = request.get(_SESSION)
@@ -617,7 +634,7 @@ async def _require_csrf(request: web.Request) -> bytes | None:
         length = request.content_length
         if length is not None and length > FORM_LIMIT:
             raise BadRequest(f"form bodies over {FORM_LIMIT} bytes need the {CSRF_HEADER} header")
-        body = await request.content.read(FORM_LIMIT + 1)
+        body = await _read_form(request)
         if len(body) > FORM_LIMIT or not request.content.at_eof():
             raise BadRequest(f"form bodies over {FORM_LIMIT} bytes need the {CSRF_HEADER} header")
         try:

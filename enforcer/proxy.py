@@ -87,6 +87,7 @@ _SPOOFABLE_EXACT = frozenset({"forwarded", "x-real-ip"})
 _SPOOFABLE_PREFIXES = ("x-hive-", "x-forwarded-")
 _REQUEST_REFUSED = HOP_BY_HOP | _REQUEST_OWN
 _RESPONSE_REFUSED_PREFIXES = ("access-control-", "x-hive-")
+_NO_BODY_STATUS = frozenset({204, 304})
 SMALL_BODY = 16 * 1024
 """Bodies up to this size with a known length are sent with their headers in one write."""
 
@@ -282,7 +283,13 @@ async def _relay(
             check_response(upstream.status, upstream.headers)
         headers_out = filter_response_headers(upstream.headers, drop=response_drop)
         length = upstream.content_length
-        if length is not None and length <= SMALL_BODY and request.method != "HEAD":
+        if (
+            length is not None
+            and length <= SMALL_BODY
+            and request.method != "HEAD"
+            # No body by definition, whatever Content-Length says (RFC 9110 8.6).
+            and upstream.status not in _NO_BODY_STATUS
+        ):
             # A small body of known length is read and sent with its headers
             # in one write: bounded by SMALL_BODY, so nothing large is held.
             try:

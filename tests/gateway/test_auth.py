@@ -211,6 +211,31 @@ async def test_a_form_post_reaches_the_core_with_its_body_intact(stack: Stack) -
     assert stack.core.seen[-1].headers["Content-Length"] == str(len(body))
 
 
+async def test_a_form_arriving_in_pieces_is_read_whole(stack: Stack) -> None:
+    async with stack.client() as client:
+        csrf = await stack.login(client)
+        cookie = {c.key: c.value for c in client.cookie_jar}["hive_session"]
+    body = f"answer=in+two+pieces&csrf_token={csrf}".encode()
+    head = (
+        f"POST /questions/7/answer HTTP/1.1\r\nHost: 127.0.0.1:{stack.port}\r\n"
+        f"Origin: {stack.origin}\r\nCookie: hive_session={cookie}\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    try:
+        writer.write(head + body[:10])
+        await writer.drain()
+        await asyncio.sleep(0.1)  # the gateway has read the first piece by now
+        writer.write(body[10:])
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(65536), 10)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert stack.core.seen[-1].body == body
+
+
 async def test_an_oversized_form_without_the_header_is_refused(stack: Stack) -> None:
     async with stack.client() as client:
         csrf = await stack.login(client)

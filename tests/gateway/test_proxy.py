@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
+from yarl import URL
 
+from enforcer import proxy
+from tests.gateway.scripted import scripted, send_raw
 from tests.gateway.stack import RawResponse, Stack, raw_request
 
 SPOOFED = {
@@ -362,3 +369,35 @@ async def test_an_agent_redirect_out_of_its_pages_is_refused(
     # The agent answered: its UI is still reachable afterwards.
     async with client.get(stack.url("/agent/alpha/page")) as resp:
         assert resp.status == 200
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # RFC 9110 8.6: a 304 may carry the length of the body it does not send.
+        b'HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\nETag: "e"\r\n\r\n',
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+    ],
+)
+async def test_an_agent_answer_without_a_body_by_definition_is_relayed_whole(
+    sock_dir: Path, answer: bytes
+) -> None:
+    # Agent UIs go through aiohttp's client session, not the core client.
+    async with (
+        scripted(sock_dir, lambda n, r: answer) as (_, path),
+        proxy.unix_session(path, connect_timeout=2, idle_timeout=5) as session,
+    ):
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            headers: CIMultiDict[str] = CIMultiDict({"Host": "agent"})
+            return await proxy.forward_http(request, session, URL("http://agent/n"), headers)
+
+        app = web.Application()
+        app.router.add_get("/n", handler)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        try:
+            relayed = await send_raw(server, b"GET /n HTTP/1.1\r\nHost: a\r\n\r\n")
+        finally:
+            await server.close()
+    assert relayed.split(b"\r\n", 1)[0] == answer.split(b"\r\n", 1)[0]

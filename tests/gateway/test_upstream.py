@@ -9,122 +9,19 @@ app running :func:`enforcer.proxy.forward_core`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import tempfile
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
-from enforcer import proxy
 from enforcer.upstream import Upstream, UpstreamError, UpstreamTimeout, UpstreamUnreachable
-
-Reply = Callable[[int, bytes], bytes | None]
-"""(request number from 1, the request's bytes) -> the answer's bytes, or None: close unanswered."""
-
-
-def ok(body: bytes = b"ok", *extra: str) -> bytes:
-    head = "".join(f"{h}\r\n" for h in extra)
-    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%b\r\n%b" % (len(body), head.encode(), body)
-
-
-class Scripted:
-    """A raw HTTP/1.1 server: reads whole requests, answers as ``reply`` says."""
-
-    def __init__(self, reply: Reply) -> None:
-        self.reply = reply
-        self.requests: list[bytes] = []
-        self.connections = 0
-        self.heads = 0  # request heads read (whole requests or not)
-        self.incomplete = 0  # connections that ended inside a request body
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while True:
-                try:
-                    request = await _read_request(reader, self)
-                except asyncio.IncompleteReadError:
-                    if self.heads > len(self.requests):
-                        self.incomplete += 1
-                    return
-                if request is None:
-                    return
-                self.requests.append(request)
-                answer = self.reply(len(self.requests), request)
-                if answer is None:
-                    return
-                writer.write(answer)
-                await writer.drain()
-                if b"connection: close" in answer.lower():
-                    return
-        finally:
-            writer.close()
-
-
-async def _read_request(reader: asyncio.StreamReader, server: Scripted) -> bytes | None:
-    head = await reader.readuntil(b"\r\n\r\n")
-    server.heads += 1
-    lower = head.lower()
-    body = b""
-    if b"transfer-encoding: chunked" in lower:
-        while True:
-            size_line = await reader.readuntil(b"\r\n")
-            size = int(size_line.strip(), 16)
-            chunk = await reader.readexactly(size + 2)
-            body += size_line + chunk
-            if size == 0:
-                break
-    elif b"content-length:" in lower:
-        length = int(lower.split(b"content-length:")[1].split(b"\r\n")[0])
-        body = await reader.readexactly(length)
-    return head + body
-
-
-@pytest.fixture
-async def sock_dir() -> AsyncIterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="hbu-", dir="/tmp") as d:
-        yield Path(d)
-
-
-@contextlib.asynccontextmanager
-async def scripted(sock_dir: Path, reply: Reply) -> AsyncIterator[tuple[Scripted, Path]]:
-    server = Scripted(reply)
-    path = sock_dir / "up.sock"
-    srv = await asyncio.start_unix_server(server.serve, path)
-    try:
-        yield server, path
-    finally:
-        srv.close()
-        await srv.wait_closed()
-
-
-def _pool(path: Path, *, idle: float = 5.0, limit: int = 8) -> Upstream:
-    return Upstream(path, connect_timeout=2.0, idle_timeout=idle, limit=limit)
-
-
-@contextlib.asynccontextmanager
-async def served(sock_dir: Path, reply: Reply) -> AsyncIterator[tuple[Scripted, Upstream]]:
-    """A scripted upstream and a pool of connections to it."""
-    async with scripted(sock_dir, reply) as (server, path), _pool(path) as pool:
-        yield server, pool
-
-
-async def _get(pool: Upstream, target: str = "/x", method: str = "GET") -> tuple[int, bytes]:
-    answer = await pool.request(method, target, CIMultiDict({"Host": "core"}))
-    try:
-        return answer.status, await answer.content.read()
-    finally:
-        answer.release()
+from tests.gateway.scripted import front, get, ok, pool_to, scripted, send_raw, served, until
 
 
 async def test_a_connection_is_kept_while_every_exchange_is_whole(sock_dir: Path) -> None:
     async with served(sock_dir, lambda n, r: ok(b"n%d" % n)) as (server, pool):
         for n in range(1, 6):
-            assert await _get(pool) == (200, b"n%d" % n)
+            assert await get(pool) == (200, b"n%d" % n)
     assert server.connections == 1
 
 
@@ -137,7 +34,7 @@ async def test_an_answer_not_read_to_its_end_closes_its_connection(sock_dir: Pat
         answer = await pool.request("GET", "/slow", CIMultiDict())
         assert await answer.content.readexactly(5) == b"half."
         answer.release()
-        assert await _get(pool) == (200, b"ok")
+        assert await get(pool) == (200, b"ok")
     assert server.connections == 2
 
 
@@ -147,9 +44,9 @@ async def test_chunked_and_close_delimited_answers_arrive_whole(sock_dir: Path) 
         2: b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end",
     }
     async with served(sock_dir, lambda n, r: answers.get(n, ok())) as (server, pool):
-        assert await _get(pool) == (200, b"abcde")
-        assert await _get(pool) == (200, b"until the end")
-        assert await _get(pool) == (200, b"ok")
+        assert await get(pool) == (200, b"abcde")
+        assert await get(pool) == (200, b"until the end")
+        assert await get(pool) == (200, b"ok")
     # The chunked answer kept its connection; the close-delimited one could not.
     assert server.connections == 2
 
@@ -173,7 +70,7 @@ async def test_a_head_that_would_smuggle_a_line_is_never_sent(
     async with served(sock_dir, lambda n, r: ok()) as (server, pool):
         with pytest.raises(UpstreamError):
             await pool.request("GET", target, CIMultiDict({name: value}))
-        assert await _get(pool) == (200, b"ok")  # the pool is unharmed
+        assert await get(pool) == (200, b"ok")  # the pool is unharmed
     assert len(server.requests) == 1
     assert b"operator" not in server.requests[0]
 
@@ -186,9 +83,9 @@ async def test_an_unasked_extra_answer_never_reaches_the_next_request(sock_dir: 
         return ok(b"second")
 
     async with served(sock_dir, reply) as (server, pool):
-        assert await _get(pool) == (200, b"first")
+        assert await get(pool) == (200, b"first")
         await asyncio.sleep(0.05)
-        assert await _get(pool) == (200, b"second")
+        assert await get(pool) == (200, b"second")
     assert server.connections == 2
 
 
@@ -198,23 +95,23 @@ async def test_an_idempotent_request_is_retried_once_on_a_kept_connection_closed
     # Request 2 arrives on the kept connection, which closes unanswered (as a
     # server does when its keep-alive ends just then); a new connection answers.
     async with served(sock_dir, lambda n, r: None if n == 2 else ok(b"n%d" % n)) as (server, pool):
-        assert await _get(pool) == (200, b"n1")
-        assert await _get(pool) == (200, b"n3")
+        assert await get(pool) == (200, b"n1")
+        assert await get(pool) == (200, b"n3")
     assert server.connections == 2
 
 
 async def test_a_post_is_never_sent_twice(sock_dir: Path) -> None:
     async with served(sock_dir, lambda n, r: None if n == 2 else ok()) as (server, pool):
-        assert await _get(pool) == (200, b"ok")
+        assert await get(pool) == (200, b"ok")
         with pytest.raises(UpstreamUnreachable):
             await pool.request("POST", "/act", CIMultiDict(), b"{}")
     assert len(server.requests) == 2
 
 
 async def test_a_refused_connection_is_unreachable(sock_dir: Path) -> None:
-    async with _pool(sock_dir / "nobody.sock") as pool:
+    async with pool_to(sock_dir / "nobody.sock") as pool:
         with pytest.raises(UpstreamUnreachable):
-            await _get(pool)
+            await get(pool)
 
 
 async def test_an_upstream_that_never_answers_times_out(sock_dir: Path) -> None:
@@ -226,9 +123,9 @@ async def test_an_upstream_that_never_answers_times_out(sock_dir: Path) -> None:
     path = sock_dir / "silent.sock"
     srv = await asyncio.start_unix_server(silent, path)
     try:
-        async with _pool(path, idle=0.3) as pool:
+        async with pool_to(path, idle=0.3) as pool:
             with pytest.raises(UpstreamTimeout):
-                await _get(pool)
+                await get(pool)
     finally:
         srv.close()
 
@@ -238,10 +135,10 @@ async def test_a_full_pool_waits_at_most_the_connect_timeout(sock_dir: Path) -> 
         pool = Upstream(path, connect_timeout=0.2, idle_timeout=5.0, limit=1)
         held = await pool.request("GET", "/x", CIMultiDict())
         with pytest.raises(UpstreamTimeout):
-            await _get(pool)
+            await get(pool)
         held.release()
         await held.content.read()
-        assert await _get(pool) == (200, b"ok")
+        assert await get(pool) == (200, b"ok")
         pool.close()
 
 
@@ -257,8 +154,8 @@ async def test_a_full_pool_waits_at_most_the_connect_timeout(sock_dir: Path) -> 
 async def test_a_malformed_answer_is_a_bad_gateway(sock_dir: Path, garbage: bytes) -> None:
     async with served(sock_dir, lambda n, r: garbage if n == 1 else ok()) as (server, pool):
         with pytest.raises(UpstreamError):
-            await _get(pool)
-        assert await _get(pool) == (200, b"ok")
+            await get(pool)
+        assert await get(pool) == (200, b"ok")
     assert server.connections == 2
 
 
@@ -268,57 +165,17 @@ async def test_head_and_interim_answers_frame_correctly(sock_dir: Path) -> None:
         2: b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n" + ok(b"final"),
     }
     async with served(sock_dir, lambda n, r: answers.get(n, ok())) as (server, pool):
-        assert await _get(pool, method="HEAD") == (200, b"")
-        assert await _get(pool) == (200, b"final")
-        assert await _get(pool) == (200, b"ok")
+        assert await get(pool, method="HEAD") == (200, b"")
+        assert await get(pool) == (200, b"final")
+        assert await get(pool) == (200, b"ok")
     assert server.connections == 1
-
-
-# --- streamed request bodies, through a real front app ---------------------------
-
-
-@contextlib.asynccontextmanager
-async def front(pool: Upstream) -> AsyncIterator[TestServer]:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        headers = CIMultiDict({"Host": "core"})
-        if "Content-Length" in request.headers:
-            headers["Content-Length"] = request.headers["Content-Length"]
-        return await proxy.forward_core(request, pool, request.raw_path, headers)
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield server
-    finally:
-        await server.close()
-
-
-async def _send(server: TestServer, data: bytes) -> bytes:
-    assert server.host == "127.0.0.1"
-    reader, writer = await asyncio.open_connection(server.host, server.port)
-    try:
-        writer.write(data)
-        await writer.drain()
-        return await asyncio.wait_for(reader.read(65536), 5)
-    finally:
-        writer.close()
-
-
-async def _until(condition: Callable[[], bool]) -> None:
-    for _ in range(250):
-        if condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("timed out waiting")
 
 
 async def test_a_streamed_body_arrives_with_exactly_its_length(sock_dir: Path) -> None:
     body = b"y" * 200_000
     async with served(sock_dir, lambda n, r: ok()) as (server, pool), front(pool) as fr:
         head = b"PUT /f HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(body)
-        answer = await _send(fr, head + body)
+        answer = await send_raw(fr, head + body)
         assert answer.startswith(b"HTTP/1.1 200")
     (request,) = server.requests
     assert request.endswith(b"\r\n\r\n" + body)
@@ -328,7 +185,7 @@ async def test_a_streamed_body_arrives_with_exactly_its_length(sock_dir: Path) -
 async def test_a_body_of_unknown_length_is_sent_chunked(sock_dir: Path) -> None:
     async with served(sock_dir, lambda n, r: ok()) as (server, pool), front(pool) as fr:
         head = b"POST /f HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
-        answer = await _send(fr, head + b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        answer = await send_raw(fr, head + b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 200")
     (request,) = server.requests
     assert b"transfer-encoding: chunked" in request.lower()
@@ -347,7 +204,7 @@ async def test_a_client_gone_mid_body_never_completes_the_upstream_request(
         writer.write(b"POST /act HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n")
         writer.write(b"z" * 10)
         await writer.drain()
-        await _until(lambda: server.heads == 1)  # the upstream is inside the body
+        await until(lambda: server.heads == 1)  # the upstream is inside the body
         writer.close()
-        await _until(lambda: server.incomplete == 1)
+        await until(lambda: server.incomplete == 1)
     assert server.requests == []

@@ -21,20 +21,17 @@ from aiohttp.streams import StreamReader
 from multidict import CIMultiDict
 
 from enforcer.upstream import Upstream, UpstreamError
-from tests.gateway.stack import Stack
-from tests.gateway.test_upstream import (
+from tests.gateway.scripted import (
     Scripted,
-    _get,
-    _pool,
-    _read_request,
-    _send,
     front,
+    get,
     ok,
+    pool_to,
+    read_request,
+    send_raw,
     served,
-    sock_dir,
 )
-
-__all__ = ["sock_dir"]  # the fixture, re-exported for pytest
+from tests.gateway.stack import Stack
 
 # --- an echo upstream: each answer names its own request ---------------------------
 
@@ -59,7 +56,7 @@ class Echo:
         try:
             while True:
                 try:
-                    request = await _read_request(reader, Scripted(lambda n, r: None))
+                    request = await read_request(reader, Scripted(lambda n, r: None))
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
                 if request is None:
@@ -236,7 +233,7 @@ async def test_a_101_and_whatever_follows_it_never_reach_the_next_request(sock_d
         assert answer.status == 101
         answer.release()
         await asyncio.sleep(0.02)
-        assert await _get(pool) == (200, b"second")
+        assert await get(pool) == (200, b"second")
     assert server.connections == 2
 
 
@@ -260,10 +257,10 @@ async def test_bytes_beyond_an_answer_never_become_the_next_answer(
 ) -> None:
     async with served(sock_dir, lambda n, r: first if n == 1 else ok(b"second")) as (_, pool):
         with contextlib.suppress(UpstreamError):
-            await _get(pool)
+            await get(pool)
         await asyncio.sleep(0.02)
         for _ in range(3):
-            assert await _get(pool) == (200, b"second")
+            assert await get(pool) == (200, b"second")
 
 
 # --- what the core receives is what the gateway authorised -------------------------
@@ -302,7 +299,7 @@ async def test_a_target_the_serialiser_would_alter_is_refused(sock_dir: Path) ->
         for target in ("/a\udcff/../b", "/caf\u00e9", "/x\t"):
             with pytest.raises(UpstreamError):
                 await pool.request("GET", target, CIMultiDict())
-        assert await _get(pool) == (200, b"ok")
+        assert await get(pool) == (200, b"ok")
     assert len(server.requests) == 1
 
 
@@ -339,7 +336,7 @@ async def test_an_early_answer_leaves_no_read_timer_on_its_kept_connection(
     srv = await asyncio.start_unix_server(serve, path)
     loop = asyncio.get_running_loop()
     try:
-        async with _pool(path, idle=0.3) as pool:
+        async with pool_to(path, idle=0.3) as pool:
             body = StreamReader(_Protocol(), 2**16, loop=loop)
             answer = await pool.request("PUT", "/one", CIMultiDict(), body, length=5)
             assert await answer.content.read() == b"early"
@@ -414,7 +411,7 @@ _SMUGGLED = b"GET /api/secret HTTP/1.1\r\nHost: x\r\n\r\n"
         b'3;x="\r\n"\r\nabc\r\n0\r\nX-T: 1\r\n\r\n' + _SMUGGLED,
     ],
 )
-async def test_no_client_framing_makes_the_core_see_a_request_the_gateway_did_not_send(
+async def test_no_client_framing_makes_the_core_see_a_request_the_gateway_did_notsend_raw(
     stack: Stack, attempt: bytes
 ) -> None:
     # Pipelined after each attempt: an honest request on the same connection.
@@ -454,7 +451,7 @@ async def test_a_header_value_that_stands_for_no_bytes_or_smuggles_a_line_is_ref
     async with served(sock_dir, lambda n, r: ok()) as (server, pool):
         with pytest.raises(UpstreamError):
             await pool.request("GET", "/x", CIMultiDict({"X-Note": value}))
-        assert await _get(pool) == (200, b"ok")
+        assert await get(pool) == (200, b"ok")
     assert len(server.requests) == 1
 
 
@@ -474,9 +471,9 @@ async def test_an_answer_without_a_body_by_definition_is_relayed_whole(
         served(sock_dir, lambda n, r: answer if n == 1 else ok()) as (server, pool),
         front(pool) as fr,
     ):
-        relayed = await _send(fr, b"GET /n HTTP/1.1\r\nHost: a\r\n\r\n")
+        relayed = await send_raw(fr, b"GET /n HTTP/1.1\r\nHost: a\r\n\r\n")
         assert relayed.split(b"\r\n", 1)[0] == answer.split(b"\r\n", 1)[0]
-        assert await _get(pool) == (200, b"ok")
+        assert await get(pool) == (200, b"ok")
     assert server.connections == 1
 
 
@@ -498,7 +495,7 @@ async def test_a_streamed_body_that_breaks_its_length_is_never_a_whole_request(
         # The connection is cut before the answer: the request never became whole.
         with pytest.raises(UpstreamError):
             await pool.request("PUT", "/f", CIMultiDict(), body, length=length)
-        assert await _get(pool) == (200, b"ok")
+        assert await get(pool) == (200, b"ok")
         assert pool._slots._value == 8
     assert [r.split(b" ", 2)[1] for r in server.requests] == [b"/x"]
 
