@@ -26,7 +26,11 @@ each. nginx runs from a temporary prefix with its own pid, log and temp
 paths; every server is stopped by its PID.
 
 Targets: gateway >= 0.9x aiohttp_bare and >= 1.0x nginx_auth; the ratio to
-plain nginx is reported. Prints a table; the last line is one JSON object.
+plain nginx is reported. Beside req/s and latency, each row gives the CPU per
+request of its proxying tier (the gateway's supervisor and workers; nginx and
+the authoriser for nginx_auth) and of the backend, read from /proc around the
+measured run: on 2 shared cores, req/s follows from how much CPU each tier
+spends per request. Prints a table; the last line is one JSON object.
 
     .venv/bin/python -m bench.gateway [--quick] [--workers N]
 """
@@ -212,6 +216,21 @@ class Result:
     p50_ms: float
     p99_ms: float
     non_2xx: int
+    requests: int = 0
+    proxy_cpu_us: float = float("nan")  # CPU of the proxying tier per request
+    backend_cpu_us: float = float("nan")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and all its descendants (Linux /proc)."""
+    total = 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except (OSError, IndexError, ValueError):
+        return total
+    return total + sum(_cpu_seconds(int(child)) for child in children)
 
 
 def _ms(text: str) -> float:
@@ -232,13 +251,34 @@ def _wrk(name: str, port: int, duration: int, connections: int, cookie: str | No
     p50 = re.search(r"\s50%\s+(\S+)", out)
     p99 = re.search(r"\s99%\s+(\S+)", out)
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    requests = re.search(r"(\d+) requests in", out)
     return Result(
         name,
         float(rps.group(1)) if rps else 0.0,
         _ms(p50.group(1)) if p50 else float("nan"),
         _ms(p99.group(1)) if p99 else float("nan"),
         int(non_2xx.group(1)) if non_2xx else 0,
+        int(requests.group(1)) if requests else 0,
     )
+
+
+def _measured(
+    name: str,
+    port: int,
+    duration: int,
+    connections: int,
+    cookie: str | None,
+    tier: list[int],
+    backend: int,
+) -> Result:
+    """One wrk run, with the CPU its proxying tier (``tier`` pids) and the backend spent."""
+    before = sum(_cpu_seconds(pid) for pid in tier), _cpu_seconds(backend)
+    result = _wrk(name, port, duration, connections, cookie)
+    after = sum(_cpu_seconds(pid) for pid in tier), _cpu_seconds(backend)
+    if result.requests:
+        result.proxy_cpu_us = 1e6 * (after[0] - before[0]) / result.requests
+        result.backend_cpu_us = 1e6 * (after[1] - before[1]) / result.requests
+    return result
 
 
 def _check(port: int, cookie: str | None) -> None:
@@ -359,19 +399,21 @@ def main(argv: list[str] | None = None) -> int:
         procs.append(nginx)
         for key in ("bare", "gateway", "auth", "nginx", "nginx_a"):
             _wait_port(ports[key])
-        targets = [
-            ("direct", ports["backend"], None),
-            ("aiohttp_bare", ports["bare"], None),
-            ("gateway", ports["gateway"], session),
-            ("nginx", ports["nginx"], None),
-            ("nginx_auth", ports["nginx_a"], session),
+        backend, bare, gateway, authoriser = (p.pid for p in procs[:4])
+        # Each target's proxying tier: the processes whose CPU it adds to the backend's.
+        targets: list[tuple[str, int, str | None, list[int]]] = [
+            ("direct", ports["backend"], None, []),
+            ("aiohttp_bare", ports["bare"], None, [bare]),
+            ("gateway", ports["gateway"], session, [gateway]),
+            ("nginx", ports["nginx"], None, [nginx.pid]),
+            ("nginx_auth", ports["nginx_a"], session, [nginx.pid, authoriser]),
         ]
-        for _, port, cookie in targets:
+        for _, port, cookie, _ in targets:
             _check(port, cookie)
         results = []
-        for name, port, cookie in targets:
+        for name, port, cookie, tier in targets:
             _wrk(name, port, 1, args.connections, cookie)  # warm-up
-            results.append(_wrk(name, port, duration, args.connections, cookie))
+            results.append(_measured(name, port, duration, args.connections, cookie, tier, backend))
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:
@@ -391,12 +433,19 @@ def main(argv: list[str] | None = None) -> int:
         return round(gw / by_name[other].rps, 3) if by_name[other].rps else 0.0
 
     print(f"wrk -t1 -c{args.connections} -d{duration}s {PATH}; gateway workers: {workers}")
-    print(f"{'target':<14}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'gw ratio':>10}")
+    print(
+        f"{'target':<14}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'gw ratio':>10}"
+        f"{'proxy cpu us/req':>18}{'backend us/req':>16}"
+    )
     for r in results:
         print(
             f"{r.name:<14}{r.rps:>10.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.non_2xx:>9}"
-            f"{gw / r.rps if r.rps else 0:>10.2f}"
+            f"{gw / r.rps if r.rps else 0:>10.2f}{r.proxy_cpu_us:>18.1f}{r.backend_cpu_us:>16.1f}"
         )
+    print(
+        "  proxy cpu: CPU per request of the proxying tier (gateway: supervisor + workers;"
+        " nginx_auth: nginx + the authoriser); all share 2 cores with wrk and the backend"
+    )
     ratios = {
         "gateway_vs_aiohttp_bare": ratio("aiohttp_bare"),
         "gateway_vs_nginx_auth": ratio("nginx_auth"),
@@ -424,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
                         "p50_ms": r.p50_ms,
                         "p99_ms": r.p99_ms,
                         "non_2xx": r.non_2xx,
+                        "proxy_cpu_us": round(r.proxy_cpu_us, 1),
+                        "backend_cpu_us": round(r.backend_cpu_us, 1),
                     }
                     for r in results
                 },
