@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -104,3 +105,12 @@ def test_forked_workers_hand_out_distinct_request_ids() -> None:
     assert len(child) == 3
     assert child.isdisjoint(parent)
     assert {i[:8] for i in child}.isdisjoint({i[:8] for i in parent})
+
+
+def test_request_ids_are_16_hex_digits_and_never_repeat() -> None:
+    # Only the last two digits are looked up per id; the rest changes every 256th.
+    ids = [authz._new_request_id() for _ in range(5 * 256 + 3)]
+    assert all(re.fullmatch(r"[0-9a-f]{16}", i) for i in ids)
+    assert len(set(ids)) == len(ids)
+    counters = [int(i[8:], 16) for i in ids]
+    assert counters == list(range(counters[0], counters[0] + len(ids)))

@@ -8,11 +8,13 @@ torn write never corrupts the records after it.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import io
 import json
 import os
 import re
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -197,3 +199,24 @@ def test_lines_below_the_configured_level_are_not_written(log_file: Path) -> Non
         configure_logging(stream, level=40)
         DecisionLine(_EVENT, "enforcer.authz").write("00000000000000aa")
     assert log_file.read_bytes() == b""
+
+
+def test_a_line_is_stamped_with_the_current_time(log_file: Path) -> None:
+    with log_file.open("w") as stream:
+        configure_logging(stream)
+        before = datetime.datetime.now(datetime.UTC)
+        for n in range(50):  # across several milliseconds
+            DecisionLine(_EVENT, "enforcer.authz").write(f"{n:016x}")
+            time.sleep(0.0003)
+        after = datetime.datetime.now(datetime.UTC)
+    stamps = [
+        datetime.datetime.strptime(_timestamp_of(line), "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=datetime.UTC
+        )
+        for line in log_file.read_text().splitlines()
+    ]
+    assert len(stamps) == 50
+    assert stamps == sorted(stamps)
+    slack = datetime.timedelta(milliseconds=1)
+    assert before - slack <= stamps[0]
+    assert stamps[-1] <= after + slack
