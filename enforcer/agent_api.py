@@ -34,7 +34,7 @@ from enforcer.confined import (
 from enforcer.corestate import CORE, CoreState
 from enforcer.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from enforcer.openapi import ApiRoute
-from enforcer.transport import AgentBinding, agent_principal
+from enforcer.transport import AgentBinding, AgentPrincipal, agent_principal
 
 __all__ = [
     "ID_PATTERN",
@@ -164,23 +164,31 @@ def _wait_seconds(request: web.Request) -> float:
 
 async def whoami(request: web.Request) -> web.Response:
     """Which agent this socket speaks for."""
-    # _me and _core, inlined (the agent surface's benchmark request).
     principal = request[authz.PRINCIPAL]
-    if not principal.startswith("agent:"):
-        raise Forbidden("not an agent principal")
-    me = principal[6:]
-    # The transport already confirmed this uid (SO_PEERCRED): no store read needed.
-    binding = request.app[CORE].registry.agent(me)
+    cached = _WHOAMI_BODIES.get(principal)
+    # The body is a constant per binding (agent, uid), rendered once. The
+    # transport admitted this request under principal.binding, found live with
+    # SO_PEERCRED matching its uid: no registry or store read per request.
+    if (
+        cached is None
+        or not isinstance(principal, AgentPrincipal)
+        or cached[0] is not principal.binding
+    ):
+        cached = _whoami_body(request)
+    return web.Response(body=cached[1], content_type="application/json", charset="utf-8")
+
+
+def _whoami_body(request: web.Request) -> tuple[AgentBinding, bytes]:
+    principal = request[authz.PRINCIPAL]
+    me = _me(request)
+    binding = _core(request).registry.agent(me)
     if binding is None:
         raise NotFound(f"no agent {me!r}")
-    # A constant per live binding (agent, uid): rendered once, not per request.
-    cached = _WHOAMI_BODIES.get(principal)
-    if cached is None or cached[0] is not binding:
-        if len(_WHOAMI_BODIES) >= 4096:
-            _WHOAMI_BODIES.clear()
-        body = json.dumps({"agent": me, "principal": principal, "uid": binding.uid}).encode()
-        cached = _WHOAMI_BODIES[principal] = (binding, body)
-    return web.Response(body=cached[1], content_type="application/json", charset="utf-8")
+    if len(_WHOAMI_BODIES) >= 4096:
+        _WHOAMI_BODIES.clear()
+    body = json.dumps({"agent": me, "principal": f"agent:{me}", "uid": binding.uid}).encode()
+    cached = _WHOAMI_BODIES[principal] = (binding, body)
+    return cached
 
 
 _WHOAMI_BODIES: dict[str, tuple[AgentBinding, bytes]] = {}

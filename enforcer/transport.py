@@ -35,6 +35,8 @@ from enforcer.errors import Forbidden, NotFound
 
 __all__ = [
     "MAX_AGENT_CONNECTIONS",
+    "AgentBinding",
+    "AgentPrincipal",
     "AgentRegistry",
     "AgentSites",
     "LocalSocketProvider",
@@ -99,13 +101,30 @@ class AgentBinding:
     uid: int
 
 
+class AgentPrincipal(str):
+    """An agent socket's principal, ``agent:<name>``, with the binding it was admitted under.
+
+    A plain ``str`` to everything else (the policy, the decision log, the
+    request keys); a handler may read :attr:`binding` - the registration the
+    transport found live, with ``SO_PEERCRED`` matching its uid, when it admitted
+    this very request - instead of looking the agent up again.
+    """
+
+    binding: AgentBinding
+
+    def __new__(cls, binding: AgentBinding) -> AgentPrincipal:
+        self = super().__new__(cls, f"agent:{binding.name}")
+        self.binding = binding
+        return self
+
+
 @dataclass(frozen=True, slots=True)
 class _Admitted:
     """A connection whose peer was found to be its socket's agent."""
 
     key: str
     binding: AgentBinding
-    principal: str
+    principal: AgentPrincipal
 
 
 class AgentRegistry:
@@ -181,7 +200,7 @@ def agent_principal(registry: AgentRegistry) -> Callable[[web.Request], str]:
                 f"peer uid {peer.uid} is not agent {agent.name}'s uid; "
                 "only the agent itself may use its socket"
             )
-        principal = f"agent:{agent.name}"
+        principal = AgentPrincipal(agent)
         if connection in connections:  # tracked: forgotten when it closes
             connections[connection] = _Admitted(path, agent, principal)
         return principal

@@ -114,3 +114,27 @@ def test_request_ids_are_16_hex_digits_and_never_repeat() -> None:
     assert len(set(ids)) == len(ids)
     counters = [int(i[8:], 16) for i in ids]
     assert counters == list(range(counters[0], counters[0] + len(ids)))
+
+
+async def test_whoami_answers_for_the_binding_the_request_was_admitted_under(
+    hive_dirs: tuple[Path, Path],
+) -> None:
+    core = await start_core(make_config(*hive_dirs))
+    try:
+        await core.register("alpha")
+        me = {"agent": "alpha", "principal": "agent:alpha", "uid": os.getuid()}
+        async with core.agent("alpha") as agent:
+            assert await (await agent.get("/v1/whoami")).json() == me
+        sites = core.state.agent_sites
+        # Re-registered under another uid: its answer (cached per binding) is not served...
+        await sites.remove("alpha")
+        await sites.add("alpha", os.getuid() + 1)
+        async with core.agent("alpha") as agent:
+            assert (await agent.get("/v1/whoami")).status == 403
+        # ...and back under ours, a new binding answers again.
+        await sites.remove("alpha")
+        await sites.add("alpha", os.getuid())
+        async with core.agent("alpha") as agent:
+            assert await (await agent.get("/v1/whoami")).json() == me
+    finally:
+        await core.runner.cleanup()
