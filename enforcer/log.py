@@ -130,19 +130,18 @@ _DECISION_KEYS = frozenset(
 # valid for time.time() in [_ts_from, _ts_until).
 _ts_second = -1
 _ts_prefix = ""
-_ts_ms = -1
 _ts_tail = b""
 _ts_from = 0.0
 _ts_until = 0.0
 
 
 def _set_timestamp(now_ms: int) -> None:
-    global _ts_second, _ts_prefix, _ts_ms, _ts_tail, _ts_from, _ts_until
+    global _ts_second, _ts_prefix, _ts_tail, _ts_from, _ts_until
     second, ms = divmod(now_ms, 1000)
     if second != _ts_second:
         moment = datetime.datetime.fromtimestamp(second, datetime.UTC)
         _ts_prefix, _ts_second = moment.strftime("%Y-%m-%dT%H:%M:%S."), second
-    _ts_tail, _ts_ms = f'{_ts_prefix}{ms:03d}Z"}}\n'.encode(), now_ms
+    _ts_tail = f'{_ts_prefix}{ms:03d}Z"}}\n'.encode()
     _ts_from, _ts_until = now_ms / 1000, (now_ms + 1) / 1000
 
 
