@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 
 from aiohttp import web
@@ -31,6 +31,7 @@ __all__ = [
     "scripted",
     "send_raw",
     "served",
+    "unix_server",
     "until",
 ]
 
@@ -97,15 +98,29 @@ async def read_request(reader: asyncio.StreamReader, server: Scripted) -> bytes 
 
 
 @contextlib.asynccontextmanager
+async def unix_server(
+    path: Path,
+    serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    *,
+    drop: Iterable[asyncio.StreamWriter] = (),
+) -> AsyncIterator[None]:
+    """Serve ``serve`` on ``path``; on the way out, close the connections in ``drop`` too."""
+    srv = await asyncio.start_unix_server(serve, path)
+    try:
+        yield
+    finally:
+        srv.close()
+        for writer in list(drop):
+            writer.close()
+        await srv.wait_closed()
+
+
+@contextlib.asynccontextmanager
 async def scripted(sock_dir: Path, reply: Reply) -> AsyncIterator[tuple[Scripted, Path]]:
     server = Scripted(reply)
     path = sock_dir / "up.sock"
-    srv = await asyncio.start_unix_server(server.serve, path)
-    try:
+    async with unix_server(path, server.serve):
         yield server, path
-    finally:
-        srv.close()
-        await srv.wait_closed()
 
 
 def pool_to(path: Path, *, idle: float = 5.0, limit: int = 8) -> Upstream:

@@ -30,6 +30,7 @@ from tests.gateway.scripted import (
     read_request,
     send_raw,
     served,
+    unix_server,
 )
 from tests.gateway.stack import Stack
 
@@ -82,14 +83,9 @@ class Echo:
 async def echo(sock_dir: Path, seed: int = 7) -> AsyncIterator[tuple[Echo, Path]]:
     server = Echo(seed)
     path = sock_dir / "echo.sock"
-    srv = await asyncio.start_unix_server(server.serve, path)
-    try:
+    # A stopped server drops its connections too.
+    async with unix_server(path, server.serve, drop=server.writers):
         yield server, path
-    finally:
-        srv.close()
-        for writer in list(server.writers):  # a stopped server drops its connections too
-            writer.close()
-        await srv.wait_closed()
 
 
 async def _fetch_own(pool: Upstream, target: str) -> None:
