@@ -190,12 +190,16 @@ def _read_private(path: Path, what: str, error: type[HiveError], fix: str, limit
         info = os.fstat(f.fileno())
         if not stat.S_ISREG(info.st_mode):
             raise error(f"{path}: {what} is not a regular file")
-        if info.st_mode & 0o077:
-            raise error(
-                f"{path}: {what} is readable by others "
-                f"(mode {stat.S_IMODE(info.st_mode):04o}); {fix}"
-            )
+        _owner_only(path, info, f"{what} is readable by others", fix, error)
         return f.read(limit)
+
+
+def _owner_only(
+    path: Path, info: os.stat_result, problem: str, fix: str, error: type[HiveError]
+) -> None:
+    """Raise ``error`` (``problem``, the mode, ``fix``) when group or others have any access."""
+    if info.st_mode & 0o077:
+        raise error(f"{path}: {problem} (mode {stat.S_IMODE(info.st_mode):04o}); {fix}")
 
 
 def _read_token(path: Path) -> str:
@@ -240,11 +244,13 @@ def ensure_session_dir(path: Path) -> Path:
         raise SessionKeyError(f"{path}: cannot make the gateway's state directory: {e}") from e
     if not stat.S_ISDIR(info.st_mode):
         raise SessionKeyError(f"{path}: not a directory")
-    if info.st_mode & 0o077:
-        raise SessionKeyError(
-            f"{path}: the gateway's state directory is open to others "
-            f"(mode {stat.S_IMODE(info.st_mode):04o}); chmod 700 it"
-        )
+    _owner_only(
+        path,
+        info,
+        "the gateway's state directory is open to others",
+        "chmod 700 it",
+        SessionKeyError,
+    )
     return path
 
 
