@@ -2,7 +2,7 @@
 
 One backend (a tiny aiohttp app answering ``GET /api/ping`` with a small JSON
 body, on 127.0.0.1 TCP *and* on a unix socket standing in for core.sock) and
-five ways to reach it, each loaded by ``wrk`` (Debian) with the same
+six ways to reach it, each loaded by ``wrk`` (Debian) with the same
 connections and duration, on loopback only:
 
 - ``direct``        wrk -> backend (TCP)
@@ -13,6 +13,12 @@ connections and duration, on loopback only:
 - ``nginx``         wrk -> nginx ``proxy_pass`` (keep-alive upstream) -> backend
 - ``nginx_auth``    wrk -> nginx ``auth_request`` to a small aiohttp authoriser
                     (session lookup + the same policy decision) -> backend
+- ``nginx_auth_full`` the same, with the gateway's duties: the authoriser runs the
+                    gateway's own enforcer (request id, raw-target check, session,
+                    decision, one decision log line into a file) and nginx strips
+                    identity headers, forwards the principal and adds the
+                    gateway's security headers. It shows what those duties cost
+                    the nginx shape; the target is judged against ``nginx_auth``.
 
 Every server runs in its own process. The gateway runs as in production:
 ``python -m enforcer.cli gateway`` with ``[gateway] workers`` processes
@@ -20,17 +26,21 @@ Every server runs in its own process. The gateway runs as in production:
 its decision log on stderr into a file, and the bench logs in through
 ``POST /login`` with the operator token the gateway generated, like a
 browser. The nginx authoriser checks that same cookie with the gateway's
-shared session key (``STATE/gateway/session-key``). The bare proxy, the
+shared session key (``STATE/gateway/session-key``). The bare proxy, each
 authoriser, the backend and nginx (``worker_processes 1``) use one process
-each. nginx runs from a temporary prefix with its own pid, log and temp
-paths; every server is stopped by its PID.
+each; every Python tier runs on uvloop, as the gateway's workers do. nginx
+runs from a temporary prefix with its own pid, log and temp paths; every
+server is stopped by its PID.
 
 Targets: gateway >= 0.9x aiohttp_bare and >= 1.0x nginx_auth; the ratio to
 plain nginx is reported. Beside req/s and latency, each row gives the CPU per
 request of its proxying tier (the gateway's supervisor and workers; nginx and
 the authoriser for nginx_auth) and of the backend, read from /proc around the
 measured run: on 2 shared cores, req/s follows from how much CPU each tier
-spends per request. Prints a table; the last line is one JSON object.
+spends per request. Where a tier writes a decision log, the row also counts
+the decision lines written during its run against the requests wrk completed
+(a few more lines: requests still in flight when wrk stopped). Prints a
+table; the last line is one JSON object.
 
     .venv/bin/python -m bench.gateway [--quick] [--workers N]
 """
@@ -111,10 +121,18 @@ def _bare_proxy(args: argparse.Namespace) -> None:
     app = web.Application()
     app.cleanup_ctx.append(session_ctx)
     app.router.add_route("*", "/{tail:.*}", forward)
-    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None)
+    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None, loop=_loop())
+
+
+def _loop() -> asyncio.AbstractEventLoop:
+    # Every Python tier runs on uvloop, as the gateway's workers do.
+    import uvloop
+
+    return uvloop.new_event_loop()
 
 
 def _authoriser(args: argparse.Namespace) -> None:
+    """The minimal authoriser: the session cookie and the policy decision, nothing else."""
     from aiohttp import web
 
     from enforcer.config import default_policy_dir
@@ -132,13 +150,71 @@ def _authoriser(args: argparse.Namespace) -> None:
 
     app = web.Application()
     app.router.add_get("/auth", auth)
-    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None)
+    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None, loop=_loop())
+
+
+def _authoriser_full(args: argparse.Namespace) -> None:
+    """The authoriser with the gateway's duties: the gateway's own enforcer on its one route.
+
+    Per request, as the gateway: a request id, the session cookie (the same
+    scan and the same shared session store), the client's raw target checked
+    (nginx sends it as ``X-Original-URI``), the policy decision, and one JSON
+    decision line written to the log (stderr, into a file) before answering.
+    nginx then forwards the principal, the request id and the CSRF token to
+    the backend, strips identity and forwarding headers, and adds the
+    gateway's security headers (``NGINX_CONF``).
+    """
+    from aiohttp import web
+
+    from enforcer import authz, paths
+    from enforcer.config import default_policy_dir
+    from enforcer.gateway import _cookie
+    from enforcer.log import configure_logging
+    from enforcer.policy import PolicyEngine
+    from enforcer.sessions import SessionStore, session_dir
+
+    configure_logging()
+    engine = PolicyEngine(default_policy_dir())
+    store = SessionStore.shared(session_dir(Path(args.dir) / "state"), 3600)
+    session_key: web.RequestKey[str] = web.RequestKey("bench_csrf", str)
+
+    def principal_of(request: web.Request) -> str:
+        session = store.get(_cookie(request, COOKIE_NAME))
+        if session is None:
+            return "anonymous"
+        request[session_key] = session.csrf_token
+        return "operator"
+
+    def original_target(request: web.Request) -> None:
+        paths.check_target(request.headers.get("X-Original-URI", ""))
+
+    enforcer = authz.Enforcer(
+        engine=engine,
+        channel="gateway",
+        principal_of=principal_of,
+        path_check=paths.check_target,
+        guard=original_target,
+    )
+
+    async def auth(request: web.Request) -> web.Response:
+        headers = {
+            "X-Hive-Principal": request[authz.PRINCIPAL],
+            "X-Hive-Request-Id": request[authz.REQUEST_ID],
+            "X-Hive-CSRF-Token": request.get(session_key, ""),
+        }
+        return web.Response(status=204, headers=headers)
+
+    app = web.Application()
+    enforcer.bind(app, "GET", "/auth", auth, action="dashboard.view", resource="ui")
+    enforcer.install(app)
+    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None, loop=_loop())
 
 
 SERVERS = {
     "backend": _backend,
     "bare": _bare_proxy,
     "authoriser": _authoriser,
+    "authoriser_full": _authoriser_full,
 }
 
 
@@ -203,6 +279,54 @@ http {{
       proxy_set_header Connection "";
     }}
   }}
+  upstream authoriser_full {{ server 127.0.0.1:{auth_full_port}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{auth_full_request_port};
+    location = /_auth {{
+      internal;
+      proxy_pass http://authoriser_full/auth;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-URI $request_uri;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+    location / {{
+      auth_request /_auth;
+      auth_request_set $hive_principal $upstream_http_x_hive_principal;
+      auth_request_set $hive_request_id $upstream_http_x_hive_request_id;
+      auth_request_set $hive_csrf $upstream_http_x_hive_csrf_token;
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      # What the gateway strips (the client's identity and forwarding headers,
+      # its credentials) and what it sets for the core.
+      proxy_set_header Cookie "";
+      proxy_set_header Authorization "";
+      proxy_set_header X-CSRF-Token "";
+      proxy_set_header Forwarded "";
+      proxy_set_header X-Real-IP "";
+      proxy_set_header X-Forwarded-For "";
+      proxy_set_header X-Forwarded-Host "";
+      proxy_set_header X-Forwarded-Proto "";
+      proxy_set_header X-Forwarded-Prefix "";
+      proxy_set_header X-Hive-Principal $hive_principal;
+      proxy_set_header X-Hive-Request-Id $hive_request_id;
+      proxy_set_header X-Hive-CSRF-Token $hive_csrf;
+      proxy_hide_header Access-Control-Allow-Origin;
+      proxy_hide_header Access-Control-Allow-Credentials;
+      proxy_hide_header X-Hive-Principal;
+      # The gateway's security headers on every answer.
+      add_header X-Hive-Request-Id $hive_request_id always;
+      add_header X-Content-Type-Options nosniff always;
+      add_header Content-Security-Policy "{operator_csp}" always;
+      add_header X-Frame-Options SAMEORIGIN always;
+      add_header Referrer-Policy same-origin always;
+      add_header Cross-Origin-Opener-Policy same-origin always;
+      add_header Cross-Origin-Resource-Policy same-origin always;
+      add_header Cache-Control no-store always;
+    }}
+  }}
 }}
 """
 
@@ -219,6 +343,7 @@ class Result:
     requests: int = 0
     proxy_cpu_us: float = float("nan")  # CPU of the proxying tier per request
     backend_cpu_us: float = float("nan")
+    decisions_logged: int | None = None  # decision lines written during the run
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -270,15 +395,26 @@ def _measured(
     cookie: str | None,
     tier: list[int],
     backend: int,
+    log: Path | None,
 ) -> Result:
-    """One wrk run, with the CPU its proxying tier (``tier`` pids) and the backend spent."""
+    """One wrk run, with the CPU its proxying tier (``tier`` pids) and the backend spent.
+
+    With ``log`` (a decision log), also the decision lines written meanwhile.
+    """
+    lines = _decision_lines(log) if log else 0
     before = sum(_cpu_seconds(pid) for pid in tier), _cpu_seconds(backend)
     result = _wrk(name, port, duration, connections, cookie)
     after = sum(_cpu_seconds(pid) for pid in tier), _cpu_seconds(backend)
+    if log:
+        result.decisions_logged = _decision_lines(log) - lines
     if result.requests:
         result.proxy_cpu_us = 1e6 * (after[0] - before[0]) / result.requests
         result.backend_cpu_us = 1e6 * (after[1] - before[1]) / result.requests
     return result
+
+
+def _decision_lines(log: Path) -> int:
+    return log.read_bytes().count(b'"event": "decision"')
 
 
 def _check(port: int, cookie: str | None) -> None:
@@ -333,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     duration = args.duration or (5 if args.quick else 15)
     from enforcer.config import GatewayConfig
+    from enforcer.gateway import _OPERATOR_CSP_DEFAULT
 
     workers = args.workers if args.workers is not None else GatewayConfig().workers
 
@@ -341,13 +478,15 @@ def main(argv: list[str] | None = None) -> int:
     (tmp / "run").mkdir()
     (tmp / "state").mkdir()
     sock = str(tmp / "run" / "core.sock")
-    ports = {k: _free_port() for k in ("backend", "bare", "gateway", "auth", "nginx", "nginx_a")}
+    names = ("backend", "bare", "gateway", "auth", "auth_full", "nginx", "nginx_a", "nginx_af")
+    ports = {k: _free_port() for k in names}
     procs: list[subprocess.Popen[bytes]] = []
 
-    def spawn(kind: str, port: int, *extra: str) -> None:
+    def spawn(kind: str, port: int, log: Path | None = None) -> None:
         cmd = [sys.executable, "-m", "bench.gateway", "--serve", kind, "--port", str(port)]
-        cmd += ["--socket", sock, "--dir", str(tmp), *extra]
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        cmd += ["--socket", sock, "--dir", str(tmp)]
+        with log.open("wb") if log else open(os.devnull, "wb") as out:
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=out))
 
     try:
         spawn("backend", ports["backend"])
@@ -381,14 +520,19 @@ def main(argv: list[str] | None = None) -> int:
         token = (tmp / "state" / "operator-token").read_text().strip()
         session = _login(ports["gateway"], token)
         spawn("authoriser", ports["auth"])
+        # Its decision log goes to a file, as the gateway's does.
+        spawn("authoriser_full", ports["auth_full"], tmp / "authoriser.log")
         conf = tmp / "nginx.conf"
         conf.write_text(
             NGINX_CONF.format(
                 tmp=tmp,
                 sock=sock,
                 auth_port=ports["auth"],
+                auth_full_port=ports["auth_full"],
                 plain_port=ports["nginx"],
                 auth_request_port=ports["nginx_a"],
+                auth_full_request_port=ports["nginx_af"],
+                operator_csp=_OPERATOR_CSP_DEFAULT,
             )
         )
         nginx = subprocess.Popen(
@@ -397,23 +541,27 @@ def main(argv: list[str] | None = None) -> int:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         procs.append(nginx)
-        for key in ("bare", "gateway", "auth", "nginx", "nginx_a"):
+        for key in ("bare", "gateway", "auth", "auth_full", "nginx", "nginx_a", "nginx_af"):
             _wait_port(ports[key])
-        backend, bare, gateway, authoriser = (p.pid for p in procs[:4])
+        backend, bare, gateway, authoriser, authoriser_full = (p.pid for p in procs[:5])
         # Each target's proxying tier: the processes whose CPU it adds to the backend's.
-        targets: list[tuple[str, int, str | None, list[int]]] = [
-            ("direct", ports["backend"], None, []),
-            ("aiohttp_bare", ports["bare"], None, [bare]),
-            ("gateway", ports["gateway"], session, [gateway]),
-            ("nginx", ports["nginx"], None, [nginx.pid]),
-            ("nginx_auth", ports["nginx_a"], session, [nginx.pid, authoriser]),
+        gw_log, auth_log = tmp / "gateway.log", tmp / "authoriser.log"
+        targets: list[tuple[str, int, str | None, list[int], Path | None]] = [
+            ("direct", ports["backend"], None, [], None),
+            ("aiohttp_bare", ports["bare"], None, [bare], None),
+            ("gateway", ports["gateway"], session, [gateway], gw_log),
+            ("nginx", ports["nginx"], None, [nginx.pid], None),
+            ("nginx_auth", ports["nginx_a"], session, [nginx.pid, authoriser], None),
+            ("nginx_auth_full", ports["nginx_af"], session, [nginx.pid, authoriser_full], auth_log),
         ]
-        for _, port, cookie, _ in targets:
+        for _, port, cookie, _, _ in targets:
             _check(port, cookie)
         results = []
-        for name, port, cookie, tier in targets:
+        for name, port, cookie, tier, decisions in targets:
             _wrk(name, port, 1, args.connections, cookie)  # warm-up
-            results.append(_measured(name, port, duration, args.connections, cookie, tier, backend))
+            results.append(
+                _measured(name, port, duration, args.connections, cookie, tier, backend, decisions)
+            )
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:
@@ -434,13 +582,15 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"wrk -t1 -c{args.connections} -d{duration}s {PATH}; gateway workers: {workers}")
     print(
-        f"{'target':<14}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'gw ratio':>10}"
-        f"{'proxy cpu us/req':>18}{'backend us/req':>16}"
+        f"{'target':<16}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'gw ratio':>10}"
+        f"{'proxy cpu us/req':>18}{'backend us/req':>16}{'decisions logged':>18}"
     )
     for r in results:
+        logged = "-" if r.decisions_logged is None else f"{r.decisions_logged}/{r.requests}"
         print(
-            f"{r.name:<14}{r.rps:>10.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.non_2xx:>9}"
+            f"{r.name:<16}{r.rps:>10.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.non_2xx:>9}"
             f"{gw / r.rps if r.rps else 0:>10.2f}{r.proxy_cpu_us:>18.1f}{r.backend_cpu_us:>16.1f}"
+            f"{logged:>18}"
         )
     print(
         "  proxy cpu: CPU per request of the proxying tier (gateway: supervisor + workers;"
@@ -449,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = {
         "gateway_vs_aiohttp_bare": ratio("aiohttp_bare"),
         "gateway_vs_nginx_auth": ratio("nginx_auth"),
+        "gateway_vs_nginx_auth_full": ratio("nginx_auth_full"),
         "gateway_vs_nginx": ratio("nginx"),
         "aiohttp_bare_vs_nginx": round(by_name["aiohttp_bare"].rps / by_name["nginx"].rps, 3)
         if by_name["nginx"].rps
@@ -475,6 +626,8 @@ def main(argv: list[str] | None = None) -> int:
                         "non_2xx": r.non_2xx,
                         "proxy_cpu_us": round(r.proxy_cpu_us, 1),
                         "backend_cpu_us": round(r.backend_cpu_us, 1),
+                        "decisions_logged": r.decisions_logged,
+                        "requests": r.requests,
                     }
                     for r in results
                 },
