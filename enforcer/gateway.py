@@ -239,8 +239,8 @@ SESSIONS: web.AppKey[SessionStore] = web.AppKey("gateway_sessions", SessionStore
 _TOKEN: web.AppKey[list[str]] = web.AppKey("gateway_token", list)
 _CORE: web.AppKey[aiohttp.ClientSession] = web.AppKey("gateway_core", aiohttp.ClientSession)
 _AGENTS: web.AppKey[aiohttp.ClientSession] = web.AppKey("gateway_agents", aiohttp.ClientSession)
-# Plain HTTP to the core (the hot path) goes through the lean client; the
-# aiohttp session above keeps the core's WebSockets and the registry's lookups.
+# Plain HTTP to the core (the hot path and the registry's lookups) goes through
+# the lean client; the aiohttp session above carries the core's WebSockets only.
 _CORE_HTTP: web.AppKey[Upstream] = web.AppKey("gateway_core_http", Upstream)
 _REGISTRY: web.AppKey[AgentRegistry] = web.AppKey("gateway_registry")
 
@@ -352,9 +352,12 @@ class _Entry:
 
 
 class AgentRegistry:
-    """Agent UI addresses from the core (``GET /api/agents/<name>``), cached briefly."""
+    """Agent UI addresses from the core (``GET /api/agents/<name>``), cached briefly.
 
-    def __init__(self, config: HiveConfig, core: aiohttp.ClientSession, ttl: float = 2.0) -> None:
+    Asked over the same lean client as every other plain request to the core.
+    """
+
+    def __init__(self, config: HiveConfig, core: Upstream, ttl: float = 2.0) -> None:
         self._config = config
         self._core = core
         self._ttl = ttl
@@ -375,29 +378,59 @@ class AgentRegistry:
         self._cache.pop(name, None)
 
     async def _lookup(self, name: str, request_id: str) -> URL:
-        headers = {
-            "Host": _authority(self._config),
-            "X-Hive-Principal": "operator",
-            "X-Hive-Request-Id": request_id,
-            "Accept": "application/json",
-        }
-        url = URL.build(scheme="http", host="core", path=f"/api/agents/{name}")
+        headers = CIMultiDict(
+            {
+                "Host": _authority(self._config),
+                "X-Hive-Principal": "operator",
+                "X-Hive-Request-Id": request_id,
+                "Accept": "application/json",
+            }
+        )
+        target = f"/api/agents/{quote(name, safe='')}"
         try:
-            async with self._core.get(url, headers=headers, allow_redirects=False) as resp:
-                if resp.status == 404:
-                    raise NotFound(f"no agent named {name!r}")
-                if resp.status != 200:
-                    raise Unavailable("the core could not say where this agent is")
-                data = await resp.json(content_type=None)
+            answer = await self._core.request("GET", target, headers)
+        except proxy.UpstreamTimeout as e:
+            raise proxy.UpstreamTimeout("the core did not answer in time") from e
+        except proxy.UpstreamError as e:
+            raise Unavailable("the core is unreachable") from e
+        try:
+            # The whole (small) answer is read, so the connection can be kept.
+            raw = await _read_bounded(answer.content, _LOOKUP_LIMIT)
         except TimeoutError as e:
             raise proxy.UpstreamTimeout("the core did not answer in time") from e
         except (aiohttp.ClientError, ValueError) as e:
-            raise Unavailable("the core is unreachable") from e
+            raise Unavailable("the core could not say where this agent is") from e
+        finally:
+            answer.release()
+        if answer.status == 404:
+            raise NotFound(f"no agent named {name!r}")
+        if answer.status != 200:
+            raise Unavailable("the core could not say where this agent is")
+        try:
+            data = json.loads(raw)
+        except ValueError as e:
+            raise Unavailable("the core could not say where this agent is") from e
         record = data.get("agent", data) if isinstance(data, dict) else None
-        raw = record.get("ui_url") if isinstance(record, dict) else None
-        if not isinstance(raw, str):
+        ui_url = record.get("ui_url") if isinstance(record, dict) else None
+        if not isinstance(ui_url, str):
             raise proxy.UpstreamUnreachable(f"agent {name!r} has no web UI right now")
-        return _check_ui_url(name, raw)
+        return _check_ui_url(name, ui_url)
+
+
+# An agent record is a few hundred bytes; anything far larger is not one.
+_LOOKUP_LIMIT = 256 * 1024
+
+
+async def _read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """A body read to its end; :class:`ValueError` past ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await content.read(limit + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise ValueError(f"an answer over {limit} bytes")
+    return b"".join(chunks)
 
 
 def _check_ui_url(name: str, raw: str) -> URL:
@@ -896,7 +929,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[_CORE] = core
         app[_CORE_HTTP] = core_http
         app[_AGENTS] = agents
-        app[_REGISTRY] = AgentRegistry(config, core)
+        app[_REGISTRY] = AgentRegistry(config, core_http)
         yield
 
 
