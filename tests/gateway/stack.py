@@ -30,6 +30,7 @@ from multidict import CIMultiDict
 from enforcer.config import GatewayConfig, HiveConfig
 from enforcer.gateway import create_app
 from enforcer.sessions import CSRF_COOKIE
+from tests.loop_thread import close_loop_thread
 
 __all__ = ["RawResponse", "Seen", "Stack", "ThreadedStack", "raw_request"]
 
@@ -381,9 +382,7 @@ class ThreadedStack:
         try:
             self.call(self.stack.stop())
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
-            self._loop.close()
+            close_loop_thread(self._loop, self._thread)
 
 
 @dataclass

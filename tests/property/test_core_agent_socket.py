@@ -29,6 +29,7 @@ from enforcer import agent_api
 from enforcer.config import default_policy_dir
 from enforcer.policy import AuthorityClass, PolicyEngine
 from tests.core.conftest import Core, make_config, start_core
+from tests.loop_thread import close_loop_thread
 
 SECRET_Q = "BETA-SECRET-QUESTION"
 SECRET_F = b"BETA-SECRET-FILE"
@@ -95,9 +96,7 @@ def harness() -> Iterator[Harness]:
         yield Harness(core, loop, calls)
     finally:
         run(core.runner.cleanup())
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+        close_loop_thread(loop, thread)
         shutil.rmtree(base, ignore_errors=True)
 
 

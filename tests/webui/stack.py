@@ -38,6 +38,7 @@ from enforcer.gateway import create_app as create_gateway
 from enforcer.lifecycle import LocalProcessBackend
 from enforcer.store import AgentRecord
 from tests.core.conftest import Core, make_config
+from tests.loop_thread import close_loop_thread
 
 __all__ = ["AGENT_UI", "UiBackend", "WebStack", "free_port"]
 
@@ -133,9 +134,7 @@ class WebStack:
         try:
             self.call(self._stop())
         finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(5)
-            self.loop.close()
+            close_loop_thread(self.loop, self._thread)
             shutil.rmtree(self.base, ignore_errors=True)
 
     async def _stop(self) -> None:
