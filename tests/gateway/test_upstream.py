@@ -12,6 +12,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from aiohttp import client_proto
+from aiohttp.http_parser import HttpResponseParserPy
 from multidict import CIMultiDict
 
 from enforcer.upstream import Upstream, UpstreamError, UpstreamTimeout, UpstreamUnreachable
@@ -142,19 +144,37 @@ async def test_a_full_pool_waits_at_most_the_connect_timeout(sock_dir: Path) -> 
         pool.close()
 
 
+@pytest.fixture(params=["default", "pure-python"])
+def response_parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """aiohttp's response parser as installed, then its pure-Python one.
+
+    As installed is llhttp's unless AIOHTTP_NO_EXTENSIONS=1. The pure-Python
+    parser is more lenient (it takes the first of two Content-Length fields),
+    so the client must refuse ambiguous framing itself, whichever parser runs.
+    """
+    if request.param == "pure-python":
+        monkeypatch.setattr(client_proto, "HttpResponseParser", HttpResponseParserPy)
+    return str(request.param)
+
+
 @pytest.mark.parametrize(
     "garbage",
     [
         b"NOT HTTP AT ALL\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\ncontent-length: 3\r\n\r\nabc",
         b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX: a\rb\r\n\r\n",
     ],
 )
-async def test_a_malformed_answer_is_a_bad_gateway(sock_dir: Path, garbage: bytes) -> None:
+async def test_a_malformed_answer_is_a_bad_gateway_and_its_connection_is_dropped(
+    sock_dir: Path, response_parser: str, garbage: bytes
+) -> None:
     async with served(sock_dir, lambda n, r: garbage if n == 1 else ok()) as (server, pool):
-        with pytest.raises(UpstreamError):
+        with pytest.raises(UpstreamError) as refused:
             await get(pool)
+        assert refused.value.status == 502
         assert await get(pool) == (200, b"ok")
     assert server.connections == 2
 
