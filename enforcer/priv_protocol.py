@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
 from enforcer.confined import split_rel_path
 from enforcer.errors import (
@@ -247,7 +247,7 @@ class StateRead(_AgentRequest):
 
     def resource(self) -> str:
         """``agent:<name>/state/<rel_path>``."""
-        return f"agent:{self.agent}/state/{self.rel_path}"
+        return self.RESOURCE.format(name=self.agent, path=self.rel_path)
 
     def validate(self) -> None:
         """Agent name and a path that passes :func:`split_rel_path`."""
@@ -271,21 +271,8 @@ PrivRequest = (
     | StateRead
 )
 
-REQUEST_TYPES: dict[str, type[_Base]] = {
-    cls.TYPE: cls
-    for cls in (
-        ContainerCreate,
-        ContainerStart,
-        ContainerStop,
-        ContainerRestart,
-        ContainerDestroy,
-        ContainerStatus,
-        IsolationApply,
-        IsolationRemove,
-        SocketCreate,
-        StateRead,
-    )
-}
+# Every request type, by its wire name: the members of PrivRequest, listed once.
+REQUEST_TYPES: dict[str, type[_Base]] = {cls.TYPE: cls for cls in get_args(PrivRequest)}
 
 
 def _check_type(name: str, value: object, annotation: object) -> object:
