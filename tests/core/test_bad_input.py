@@ -4,62 +4,97 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.core.conftest import Core
 
-AGENT_CASES: list[tuple[str, str, Any]] = [
-    ("POST", "/v1/questions", b"{not json"),
-    ("POST", "/v1/questions", b"[1, 2]"),
-    ("POST", "/v1/questions", b'{"text": 5}'),
-    ("POST", "/v1/questions", b'{"text": "x", "extra": 1}'),
-    ("POST", "/v1/questions", b'{"text": ""}'),
-    ("POST", "/v1/questions", b'{"text": "x", "options": [1]}'),
-    ("POST", "/v1/questions", b'{"text": NaN}'),
-    ("POST", "/v1/questions", b"\xff\xfe"),
-    ("POST", "/v1/questions", b"[" * 100000),
-    ("POST", "/v1/questions", b'{"text": "' + b"a" * (2 << 20) + b'"}'),
+Case = tuple[str, str, bytes | None]
+"""(method, path, body) of one bad request."""
+
+
+def _bodies(method: str, path: str, *bodies: bytes) -> list[Case]:
+    """One case per body, each sent as ``method path``."""
+    return [(method, path, body) for body in bodies]
+
+
+def _paths(method: str, *paths: str, body: bytes | None = None) -> list[Case]:
+    """One case per path, each sent with ``body``."""
+    return [(method, path, body) for path in paths]
+
+
+def _case_id(value: object) -> str | None:
+    """Long bodies are named by their size in test ids (by default, by their index)."""
+    return f"<{len(value)} bytes>" if isinstance(value, bytes) and len(value) > 64 else None
+
+
+AGENT_CASES: list[Case] = [
+    *_bodies(
+        "POST",
+        "/v1/questions",
+        b"{not json",
+        b"[1, 2]",
+        b'{"text": 5}',
+        b'{"text": "x", "extra": 1}',
+        b'{"text": ""}',
+        b'{"text": "x", "options": [1]}',
+        b'{"text": NaN}',
+        b"\xff\xfe",
+        b"[" * 100000,
+        b'{"text": "' + b"a" * (2 << 20) + b'"}',
+    ),
     ("POST", "/v1/approvals", b"{}"),
     ("POST", "/v1/messages", b'{"text": "a\\u0000b"}'),
     ("POST", "/v1/status", b'{"state": "NOT A WORD"}'),
-    ("GET", "/v1/questions/abc", None),
-    ("GET", "/v1/questions/99999999999999999999", None),
-    ("GET", "/v1/questions/1?wait=banana", None),
-    ("GET", "/v1/questions/1?wait=-1", None),
-    ("GET", "/v1/questions/1?wait=1&wait=2", None),
-    ("GET", "/v1/questions/424242", None),
-    ("GET", "/v1/state/..", None),
-    ("GET", "/v1/state/%2e%2e/%2e%2e/hive.db", None),
-    ("PUT", "/v1/state/a/../../x", b"x"),
-    ("PUT", "/v1/state/a%00b", b"x"),
-    ("PUT", "/v1/state//etc/passwd", b"x"),
+    *_paths(
+        "GET",
+        "/v1/questions/abc",
+        "/v1/questions/99999999999999999999",
+        "/v1/questions/1?wait=banana",
+        "/v1/questions/1?wait=-1",
+        "/v1/questions/1?wait=1&wait=2",
+        "/v1/questions/424242",
+        "/v1/state/..",
+        "/v1/state/%2e%2e/%2e%2e/hive.db",
+        "/v1/state/escape/shadow",
+        "/v1/state/link",
+    ),
+    *_paths(
+        "PUT",
+        "/v1/state/a/../../x",
+        "/v1/state/a%00b",
+        "/v1/state//etc/passwd",
+        "/v1/state/escape/planted",
+        body=b"x",
+    ),
     ("PUT", "/v1/state/big", b"x" * ((4 << 20) + 1)),
-    ("GET", "/v1/state/escape/shadow", None),
-    ("PUT", "/v1/state/escape/planted", b"x"),
-    ("GET", "/v1/state/link", None),
     ("DELETE", "/v1/whoami", None),
 ]
 
-OPERATOR_CASES: list[tuple[str, str, Any]] = [
-    ("POST", "/api/agents", b'{"name": "Bad Name", "uid": 1}'),
-    ("POST", "/api/agents", b'{"name": "ok", "uid": "1"}'),
-    ("POST", "/api/agents", b'{"name": "ok", "uid": true}'),
-    ("POST", "/api/agents", b'{"name": "ok", "uid": 1, "root": true}'),
-    ("POST", "/api/agents", b'{"name": "alpha", "uid": 0}'),
+OPERATOR_CASES: list[Case] = [
+    *_bodies(
+        "POST",
+        "/api/agents",
+        b'{"name": "Bad Name", "uid": 1}',
+        b'{"name": "ok", "uid": "1"}',
+        b'{"name": "ok", "uid": true}',
+        b'{"name": "ok", "uid": 1, "root": true}',
+        b'{"name": "alpha", "uid": 0}',
+    ),
     ("POST", "/api/questions/1/answer", b'{"answer": 1}'),
-    ("POST", "/api/questions/x/answer", b'{"answer": "y"}'),
-    ("POST", "/api/questions/77/answer", b'{"answer": "y"}'),
+    *_paths("POST", "/api/questions/x/answer", "/api/questions/77/answer", body=b'{"answer": "y"}'),
     ("POST", "/api/approvals/1/approve", b'{"reason": 3}'),
     ("POST", "/api/approvals/1/deny", b'{"why": "x"}'),
-    ("GET", "/api/agents/NOPE", None),
-    ("GET", "/api/agents/ghost", None),
-    ("GET", "/api/agents/alpha/state/../../hive.db", None),
-    ("GET", "/api/agents/alpha/journal?limit=0", None),
-    ("GET", "/api/questions?status=weird", None),
-    ("POST", "/api/agents/ghost/start", None),
-    ("POST", "/api/agents/alpha/start", None),  # no command registered: 409
+    *_paths(
+        "GET",
+        "/api/agents/NOPE",
+        "/api/agents/ghost",
+        "/api/agents/alpha/state/../../hive.db",
+        "/api/agents/alpha/journal?limit=0",
+        "/api/questions?status=weird",
+    ),
+    # alpha has no command registered: starting it is a 409.
+    *_paths("POST", "/api/agents/ghost/start", "/api/agents/alpha/start"),
 ]
 
 
@@ -87,9 +122,9 @@ def _files(root: Path) -> dict[str, bytes]:
     return out
 
 
-@pytest.mark.parametrize(("method", "path", "body"), AGENT_CASES)
+@pytest.mark.parametrize(("method", "path", "body"), AGENT_CASES, ids=_case_id)
 async def test_bad_agent_input_is_refused_and_changes_nothing(
-    seeded: Core, tmp_path: Path, method: str, path: str, body: Any
+    seeded: Core, tmp_path: Path, method: str, path: str, body: bytes | None
 ) -> None:
     before_db = seeded.state.db.snapshot()
     before_files = _files(seeded.config.state_dir.parent)
@@ -105,9 +140,9 @@ async def test_bad_agent_input_is_refused_and_changes_nothing(
     assert not (tmp_path / "outside" / "planted").exists()
 
 
-@pytest.mark.parametrize(("method", "path", "body"), OPERATOR_CASES)
+@pytest.mark.parametrize(("method", "path", "body"), OPERATOR_CASES, ids=_case_id)
 async def test_bad_operator_input_is_refused_and_changes_nothing(
-    seeded: Core, method: str, path: str, body: Any
+    seeded: Core, method: str, path: str, body: bytes | None
 ) -> None:
     before_db = seeded.state.db.snapshot()
     async with seeded.operator() as op:
