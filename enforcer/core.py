@@ -97,7 +97,16 @@ def create_app(
     enforcer.install(app)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_agent_sockets_ctx)
+    app.cleanup_ctx.append(_publish_policy_ctx)
     return app
+
+
+async def _publish_policy_ctx(app: web.Application) -> AsyncIterator[None]:
+    """At start-up, publish the live policy revision (the gateway's workers follow it)."""
+    core = app[CORE]
+    core.config.run_dir.mkdir(parents=True, exist_ok=True)
+    operator_api.publish_live_revision(core)
+    yield
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -127,6 +127,10 @@ cookies or credentials. Serve scripts and styles with their real
 something at least every ``idle_timeout`` seconds (default 30) or the stream
 is closed.
 
+**Policy.** The gateway's workers decide with the core's live policy
+version: each follows the revision the core publishes after its start and
+every reload (:mod:`enforcer.policy.follow`).
+
 **Errors.** Unknown agent 404, agent UI down 502, agent or core too slow 504,
 core down 503: a small HTML page (JSON for ``/api/``), no internals. No CORS
 headers anywhere but the capability space above: every ``Access-Control-*``
@@ -137,6 +141,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import html
 import json
@@ -162,6 +167,7 @@ from enforcer.config import ConfigError, HiveConfig, load_config
 from enforcer.errors import BadRequest, Forbidden, HiveError, NotFound, Unavailable
 from enforcer.log import configure_logging, get_logger
 from enforcer.policy import PolicyEngine
+from enforcer.policy.follow import follow
 from enforcer.sessions import (
     CSRF_COOKIE,
     CSRF_FIELD,
@@ -182,6 +188,7 @@ __all__ = [
     "ENGINE",
     "FORM_LIMIT",
     "SESSIONS",
+    "SHUTDOWN_SECONDS",
     "AgentRedirectRefused",
     "AgentRegistry",
     "add_arguments",
@@ -197,6 +204,9 @@ AGENT_CSP = "sandbox allow-scripts allow-forms; frame-ancestors 'self'"
 
 FORM_LIMIT = 64 * 1024
 """Largest urlencoded form body the gateway reads to find its CSRF token."""
+
+SHUTDOWN_SECONDS = 5.0
+"""How long a stopping worker lets requests in flight finish before cancelling them."""
 
 _OPERATOR_CSP_DEFAULT = "frame-ancestors 'self'; base-uri 'self'; form-action 'self'"
 _GATEWAY_PAGE_CSP = (
@@ -930,7 +940,14 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[_CORE_HTTP] = core_http
         app[_AGENTS] = agents
         app[_REGISTRY] = AgentRegistry(config, core_http)
-        yield
+        # Decide with the core's live policy version: follow its reloads.
+        follower = asyncio.create_task(follow(app[ENGINE], config.run_dir))
+        try:
+            yield
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
 
 
 def create_app(config: HiveConfig, *, engine: PolicyEngine | None = None) -> web.Application:
@@ -1035,13 +1052,21 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 def serve_worker(config: HiveConfig, sock: socket.socket) -> int:
     """One gateway worker: serve ``create_app(config)`` on the listening ``sock``.
 
-    Returns 0 after SIGTERM/SIGINT (requests in flight are finished first).
+    Returns 0 after SIGTERM/SIGINT: requests in flight get up to
+    :data:`SHUTDOWN_SECONDS` to finish, then are cancelled (streams such as
+    ``/api/events`` and WebSockets never finish by themselves).
     """
-    loop = _new_loop()
-    asyncio.set_event_loop(loop)
 
     async def serve() -> None:
-        runner = web.AppRunner(create_app(config), access_log=None, handle_signals=False)
+        loop = asyncio.get_running_loop()
+        runner = web.AppRunner(
+            create_app(config),
+            access_log=None,
+            handle_signals=False,
+            # aiohttp waits this long twice: for handlers to finish, then again
+            # after cutting their request bodies off; then it cancels them.
+            shutdown_timeout=SHUTDOWN_SECONDS / 2,
+        )
         await runner.setup()
         try:
             site = web.SockSite(runner, sock, ssl_context=_ssl_context(config))
@@ -1053,10 +1078,11 @@ def serve_worker(config: HiveConfig, sock: socket.socket) -> int:
         finally:
             await runner.cleanup()
 
-    try:
-        loop.run_until_complete(serve())
-    finally:
-        loop.close()
+    # asyncio.Runner closes the loop as asyncio.run does: handlers the shutdown
+    # timeout cut off (a long /api/events stream) are cancelled *and awaited*,
+    # async generators closed, and only then the loop.
+    with asyncio.Runner(loop_factory=_new_loop) as runner:
+        runner.run(serve())
     return 0
 
 

@@ -21,13 +21,23 @@ from enforcer.bodies import Field, Schema, parse_body, parse_query
 from enforcer.confined import split_rel_path
 from enforcer.corestate import CORE, CoreState
 from enforcer.errors import BadRequest, NotFound, Unavailable
+from enforcer.log import get_logger
 from enforcer.names import AGENT_NAME
 from enforcer.openapi import ApiRoute
+from enforcer.policy.follow import publish_revision
 from enforcer.store import AgentRecord
 
-__all__ = ["AGENT_NAME", "ROUTES", "TITLE", "parse_agent_name", "register_agent"]
+__all__ = [
+    "AGENT_NAME",
+    "ROUTES",
+    "TITLE",
+    "parse_agent_name",
+    "publish_live_revision",
+    "register_agent",
+]
 
 TITLE = "hive-boundary operator API"
+_log = get_logger("enforcer.operator_api")
 _NAME = re.compile(AGENT_NAME)
 
 
@@ -291,10 +301,22 @@ async def policy_read(request: web.Request) -> web.Response:
     )
 
 
+def publish_live_revision(core: CoreState) -> None:
+    """Publish the core's live policy revision for the processes that follow it."""
+    try:
+        publish_revision(core.config.run_dir, core.engine.revision)
+    except OSError as e:
+        # The core decides with its policy either way; followers stay behind
+        # until the next publish, and this says why.
+        _log.error("policy.publish_failed", reason=str(e), revision=core.engine.revision)
+
+
 async def policy_reload(request: web.Request) -> web.Response:
     """Reload the policy from disk (keeps the last good one if the new one is invalid)."""
     core = _core(request)
     result = core.engine.reload()
+    if result.ok:
+        publish_live_revision(core)  # the gateway's workers follow it
     core.events.publish("policy.reloaded", ok=result.ok, revision=result.revision)
     return web.json_response(
         {"ok": result.ok, "revision": result.revision, "error": result.error},

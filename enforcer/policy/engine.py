@@ -84,13 +84,24 @@ class PolicyEngine:
         self.last_refusal: tuple[float, str] | None = None
         self.reload()
 
-    def reload(self) -> ReloadResult:
-        """Load the directory again; keep the last good policy if the new one is invalid."""
+    def reload(self, *, expect: str | None = None) -> ReloadResult:
+        """Load the directory again; keep the last good policy if the new one is invalid.
+
+        With ``expect`` (a revision), the new version goes live only if it is
+        exactly that revision: a process following another's live policy
+        (:mod:`enforcer.policy.follow`) never takes files that changed since.
+        """
         with self._reload_lock:  # one reload at a time; decisions never wait on it
             try:
                 policy = load_policy(self.directory)
                 if self.current is not None:
                     _check_catalogue_stays(self.current, policy)
+                if expect is not None and policy.revision != expect:
+                    raise PolicyError(
+                        f"{self.directory}: the files are at revision {policy.revision}, "
+                        f"not the followed revision {expect}: they changed after it was "
+                        "loaded; the next reload of the core brings them together"
+                    )
             except PolicyError as e:
                 self.last_refusal = (time.time(), e.reason)
                 self._log.error(

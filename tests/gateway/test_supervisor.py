@@ -57,16 +57,17 @@ def _health(port: int) -> int:
 
 
 class Gateway:
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, run_dir: Path | None = None) -> None:
         self.base = Path(tempfile.mkdtemp(prefix="hbw-", dir="/tmp"))
         (self.base / "run").mkdir()
         (self.base / "state").mkdir()
+        run = run_dir or self.base / "run"
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port: int = s.getsockname()[1]
         env = {
             **os.environ,
-            "HIVE_RUN_DIR": str(self.base / "run"),
+            "HIVE_RUN_DIR": str(run),
             "HIVE_STATE_DIR": str(self.base / "state"),
             "HIVE_CONFIG": os.devnull,
         }
@@ -168,3 +169,57 @@ def test_listeners_share_one_port() -> None:
     finally:
         for s in listeners:
             s.close()
+
+
+_STREAMING_CORE = """
+import asyncio, sys
+from aiohttp import web
+
+async def stream(request):
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    try:
+        while True:
+            await resp.write(b"data: tick\\n\\n")
+            await asyncio.sleep(0.1)
+    except ConnectionError:  # the gateway went away: expected here
+        return resp
+
+app = web.Application()
+app.router.add_get("/static/stream", stream)
+web.run_app(app, path=sys.argv[1], print=None, access_log=None)
+"""
+
+
+def test_sigterm_with_a_stream_open_stops_within_the_shutdown_timeout() -> None:
+    # A core double on core.sock serving an endless stream, read through the
+    # gateway (/static/ goes to the core anonymously); then SIGTERM. The worker
+    # gives the stream SHUTDOWN_SECONDS, cancels it, and exits cleanly.
+    from enforcer.gateway import SHUTDOWN_SECONDS
+
+    base = Path(tempfile.mkdtemp(prefix="hbs-", dir="/tmp"))
+    core = subprocess.Popen(
+        [sys.executable, "-c", _STREAMING_CORE, str(base / "core.sock")], cwd=REPO
+    )
+    gateway: Gateway | None = None
+    try:
+        _wait("the core double", lambda: (base / "core.sock").exists())
+        gateway = Gateway(workers=1, run_dir=base)
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as conn:
+            conn.sendall(b"GET /static/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            first = conn.recv(4096)
+            assert first.startswith(b"HTTP/1.1 200"), first[:200]
+            started = time.monotonic()
+            gateway.proc.send_signal(signal.SIGTERM)
+            assert gateway.proc.wait(SHUTDOWN_SECONDS + 10) == 0
+            took = time.monotonic() - started
+        assert took < SHUTDOWN_SECONDS + 2, took
+        log = (gateway.base / "gateway.log").read_text(errors="replace")
+        assert "Task was destroyed" not in log
+        assert "Traceback" not in log
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        core.terminate()
+        core.wait(10)
+        shutil.rmtree(base, ignore_errors=True)

@@ -1,0 +1,148 @@
+"""A follower decides with the revision the core published, and only with that one.
+
+Real policy directories on disk, a real :class:`PolicyEngine`, the follower
+loop running with a short period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from enforcer.config import default_policy_dir
+from enforcer.policy import AccessRequest, PolicyEngine, load_policy
+from enforcer.policy.follow import (
+    REVISION_FILE,
+    follow,
+    publish_revision,
+    published_revision,
+)
+
+_HEALTH = AccessRequest("anonymous", "gateway", "health", "health.read")
+_GRANT = "p, anonymous, gateway, health, health.read\n"
+
+
+def deny_anonymous_health(policy_dir: Path) -> None:
+    """Edit a policy copy so that anonymous may no longer read /health (and say so in its cases)."""
+    csv = policy_dir / "policy.csv"
+    csv.write_text(csv.read_text().replace(_GRANT, ""))
+    cases = policy_dir / "tests.toml"
+    text = cases.read_text()
+    allowed = 'resource = "health"\naction = "health.read"\nexpect = "allow"'
+    assert allowed in text
+    cases.write_text(text.replace(allowed, allowed.replace('"allow"', '"deny"'), 1))
+
+
+def copy_policy(dest: Path) -> Path:
+    shutil.copytree(default_policy_dir(), dest)
+    return dest
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    run = tmp_path / "run"
+    run.mkdir()
+    return copy_policy(tmp_path / "policies"), run
+
+
+@contextlib.asynccontextmanager
+async def following(engine: PolicyEngine, run: Path) -> AsyncIterator[None]:
+    task = asyncio.create_task(follow(engine, run, every=0.02))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def settle() -> None:
+    await asyncio.sleep(0.3)  # many follower periods, and a load
+
+
+def test_a_published_revision_reads_back_whole_and_leaves_no_temporary_file(
+    tmp_path: Path,
+) -> None:
+    publish_revision(tmp_path, "ab12cd34ef56")
+    assert published_revision(tmp_path) == "ab12cd34ef56"
+    publish_revision(tmp_path, "none")
+    assert published_revision(tmp_path) == "none"
+    assert [p.name for p in tmp_path.iterdir()] == [REVISION_FILE]
+
+
+@pytest.mark.parametrize("text", ["", "not a revision\n", "ab12\n", "AB12CD34EF56", "../x"])
+def test_a_missing_or_malformed_revision_file_names_no_revision(tmp_path: Path, text: str) -> None:
+    assert published_revision(tmp_path) is None
+    (tmp_path / REVISION_FILE).write_text(text)
+    assert published_revision(tmp_path) is None
+
+
+async def test_the_follower_takes_the_published_revision(dirs: tuple[Path, Path]) -> None:
+    policy_dir, run = dirs
+    engine = PolicyEngine(policy_dir)
+    assert engine.decide(_HEALTH).allowed
+    publish_revision(run, engine.revision)
+    async with following(engine, run):
+        deny_anonymous_health(policy_dir)
+        await settle()
+        assert engine.decide(_HEALTH).allowed, (
+            "nothing was published: the files alone change nothing"
+        )
+        publish_revision(run, load_policy(policy_dir).revision)  # the core reloaded
+        await settle()
+        assert not engine.decide(_HEALTH).allowed
+        assert engine.revision == published_revision(run)
+
+
+async def test_files_changed_after_the_core_loaded_them_are_not_taken(
+    dirs: tuple[Path, Path],
+) -> None:
+    policy_dir, run = dirs
+    engine = PolicyEngine(policy_dir)
+    first = engine.revision
+    async with following(engine, run):
+        deny_anonymous_health(policy_dir)
+        publish_revision(run, load_policy(policy_dir).revision)  # the core took v2 ...
+        shutil.rmtree(policy_dir)
+        copy_policy(policy_dir)  # ... and then the files went back to v1 (v3 == v1 text)
+        (policy_dir / "policy.csv").write_text(
+            (policy_dir / "policy.csv").read_text() + "# edited after the reload\n"
+        )
+        await settle()
+        # The follower refused v3 (not what the core runs) and kept its own version.
+        assert engine.revision == first
+        assert engine.decide(_HEALTH).allowed
+        assert engine.last_refusal is not None
+        assert "followed revision" in engine.last_refusal[1]
+        refused_at = engine.last_refusal[0]
+        await settle()
+        assert engine.last_refusal[0] == refused_at, "a refused revision is not retried per tick"
+        # The core reloads the files as they are now: the follower comes along.
+        publish_revision(run, load_policy(policy_dir).revision)
+        await settle()
+        assert engine.revision == published_revision(run)
+        assert engine.decide(_HEALTH).allowed
+
+
+async def test_an_unreadable_or_absent_publication_changes_nothing(
+    dirs: tuple[Path, Path],
+) -> None:
+    policy_dir, run = dirs
+    engine = PolicyEngine(policy_dir)
+    live = engine.revision
+    async with following(engine, run):
+        deny_anonymous_health(policy_dir)
+        await settle()  # no file at all
+        (run / REVISION_FILE).write_text("garbage\n")
+        await settle()
+        if os.geteuid() != 0:  # root reads a 0000 file anyway
+            (run / REVISION_FILE).chmod(0)
+            await settle()
+    assert engine.revision == live
+    assert engine.decide(_HEALTH).allowed
