@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from enforcer import authz
-from enforcer.bodies import Field, Schema, parse_body, parse_query
+from enforcer.bodies import Field, Schema, check_identity_encoding, parse_body, parse_query
 from enforcer.confined import (
     open_dir_confined,
     open_root_dir,
@@ -152,6 +152,7 @@ _WAIT = Schema({"wait": Field("number", required=False, minimum=0, maximum=3600)
 
 async def _json(request: web.Request, schema: Schema) -> dict[str, Any]:
     core = _core(request)
+    check_identity_encoding(request.headers.get("Content-Encoding"))
     raw = await request.read()
     return parse_body(raw, schema, max_bytes=core.config.core.max_body_bytes)
 
@@ -316,6 +317,7 @@ async def state_write(request: web.Request) -> web.Response:
     limit = core.config.core.max_state_file_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"state files are limited to {limit} bytes")
+    check_identity_encoding(request.headers.get("Content-Encoding"))
     data = await request.read()
     write_state(_state_dir(core, me), rel, data, limit)
     core.db.log(me, "state.written", path=rel, size=len(data))

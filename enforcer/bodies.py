@@ -17,11 +17,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from enforcer.errors import BadRequest, PayloadTooLarge
+from enforcer.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 __all__ = [
     "Field",
     "Schema",
+    "check_identity_encoding",
     "json_schema",
     "parse_body",
     "parse_query",
@@ -127,6 +128,20 @@ def _check_object(data: object, schema: Schema) -> dict[str, Any]:
 
 def _no_constants(token: str) -> Any:
     raise BadRequest(f"invalid JSON number {token}")
+
+
+def check_identity_encoding(content_encoding: str | None) -> None:
+    """Refuse a request body sent with a ``Content-Encoding`` (:class:`UnsupportedMediaType`).
+
+    The daemons read bodies as sent (their servers inflate nothing): a body
+    the client compressed is not the JSON or file it claims to be, so it is
+    refused by name rather than parsed as garbage or stored as is.
+    """
+    if content_encoding is not None and content_encoding.strip().lower() not in {"", "identity"}:
+        raise UnsupportedMediaType(
+            f"request bodies are taken as sent: Content-Encoding {content_encoding[:40]!r} "
+            "is not supported"
+        )
 
 
 def parse_body(raw: bytes, schema: Schema, *, max_bytes: int) -> dict[str, Any]:

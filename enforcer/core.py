@@ -127,7 +127,14 @@ async def _agent_sockets_ctx(app: web.Application) -> AsyncIterator[None]:
     agent_app = agent_api.create_agent_app(core)
     # Shutdown waits for in-flight long polls only briefly: they are read-only.
     # No access log: every request's decision line is the agent surface's log.
-    runner = web.AppRunner(agent_app, handle_signals=False, shutdown_timeout=1.0, access_log=None)
+    # Bodies as sent: no request body is inflated (Content-Encoding is not taken).
+    runner = web.AppRunner(
+        agent_app,
+        handle_signals=False,
+        shutdown_timeout=1.0,
+        access_log=None,
+        auto_decompress=False,
+    )
     await runner.setup()  # runs check_routes(channel="socket") and freezes the app
     core.agent_app = agent_app
     core.config.agent_socket_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
@@ -149,7 +156,7 @@ async def _agent_sockets_ctx(app: web.Application) -> AsyncIterator[None]:
 async def serve(config: HiveConfig, app: web.Application | None = None) -> web.AppRunner:
     """Start the core on ``config.core_socket`` (0660); returns the runner to clean up."""
     app = app or create_app(config)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, auto_decompress=False)
     await runner.setup()
     config.run_dir.mkdir(parents=True, exist_ok=True)
     try:

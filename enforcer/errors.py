@@ -16,6 +16,7 @@ __all__ = [
     "PayloadTooLarge",
     "Unauthorized",
     "Unavailable",
+    "UnsupportedMediaType",
 ]
 
 
@@ -74,6 +75,13 @@ class PayloadTooLarge(HiveError):
 
     status = 413
     code = "too_large"
+
+
+class UnsupportedMediaType(HiveError):
+    """A body in an encoding the API does not take (a ``Content-Encoding``)."""
+
+    status = 415
+    code = "unsupported_media_type"
 
 
 class Unavailable(HiveError):

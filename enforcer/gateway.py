@@ -193,6 +193,7 @@ __all__ = [
     "AgentRegistry",
     "add_arguments",
     "create_app",
+    "make_runner",
     "run",
     "serve_worker",
 ]
@@ -238,6 +239,16 @@ _AGENT_RESPONSE_DROP = frozenset(
         "origin-agent-cluster",
         # A redirect by another name, which no Location check would see.
         "refresh",
+        # Origin-wide reporting (Network Error Logging): a policy for every
+        # request to the origin, the operator's pages and other agents'
+        # capability URLs included, reported to the agent's collector.
+        "nel",
+        "report-to",
+        "reporting-endpoints",
+        # Client-hint preferences and the login status are kept per origin too.
+        "accept-ch",
+        "critical-ch",
+        "set-login",
     }
 )
 # Request headers that never leave the gateway.
@@ -732,7 +743,10 @@ async def _login(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
     if not _origin_ok(request):
         raise Forbidden("cross-origin login refused (Origin / Sec-Fetch-Site)")
-    form = await request.post()
+    try:
+        form = await request.post()
+    except (UnicodeDecodeError, ValueError) as e:
+        raise BadRequest("the login form could not be read (UTF-8 form fields expected)") from e
     token = form.get("token")
     next_target = _safe_next(str(form.get("next", "/")))
     if not isinstance(token, str) or not tokens_equal(token.strip(), request.app[_TOKEN][0]):
@@ -1049,6 +1063,26 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+def make_runner(app: web.Application, *, shutdown_timeout: float | None = None) -> web.AppRunner:
+    """The runner a gateway worker serves ``app`` with (tests serve the gateway so too).
+
+    No access log (the decision log is the gateway's log). Request bodies are
+    passed on as the client sent them: aiohttp would otherwise inflate a body
+    with ``Content-Encoding: gzip`` and the upstream would get the inflated
+    bytes under the client's encoding and length. ``shutdown_timeout``: aiohttp
+    waits it twice (for handlers to finish, then again after cutting their
+    request bodies off) before cancelling them; by default
+    :data:`SHUTDOWN_SECONDS` in all.
+    """
+    return web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        auto_decompress=False,
+        shutdown_timeout=SHUTDOWN_SECONDS / 2 if shutdown_timeout is None else shutdown_timeout,
+    )
+
+
 def serve_worker(config: HiveConfig, sock: socket.socket) -> int:
     """One gateway worker: serve ``create_app(config)`` on the listening ``sock``.
 
@@ -1059,14 +1093,7 @@ def serve_worker(config: HiveConfig, sock: socket.socket) -> int:
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
-        runner = web.AppRunner(
-            create_app(config),
-            access_log=None,
-            handle_signals=False,
-            # aiohttp waits this long twice: for handlers to finish, then again
-            # after cutting their request bodies off; then it cancels them.
-            shutdown_timeout=SHUTDOWN_SECONDS / 2,
-        )
+        runner = make_runner(create_app(config))
         await runner.setup()
         try:
             site = web.SockSite(runner, sock, ssl_context=_ssl_context(config))

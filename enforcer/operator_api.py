@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from enforcer.agent_api import ID_PATTERN, STATE_PATH_PATTERN, list_state, parse_id, read_state
-from enforcer.bodies import Field, Schema, parse_body, parse_query
+from enforcer.bodies import Field, Schema, check_identity_encoding, parse_body, parse_query
 from enforcer.confined import split_rel_path
 from enforcer.corestate import CORE, CoreState
 from enforcer.errors import BadRequest, NotFound, Unavailable
@@ -57,6 +57,7 @@ def _name(request: web.Request) -> str:
 
 
 async def _json(request: web.Request, schema: Schema) -> dict[str, Any]:
+    check_identity_encoding(request.headers.get("Content-Encoding"))
     raw = await request.read()
     return parse_body(raw, schema, max_bytes=_core(request).config.core.max_body_bytes)
 

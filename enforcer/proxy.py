@@ -33,6 +33,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from enforcer.errors import BadRequest
 from enforcer.upstream import (
     Upstream,
     UpstreamAnswer,
@@ -350,7 +351,15 @@ async def forward_websocket(
     *,
     max_msg_size: int = 4 << 20,
 ) -> web.WebSocketResponse:
-    """Bridge a WebSocket: connect upstream first (errors become 502/504), then accept."""
+    """Bridge a WebSocket: connect upstream first (errors become 502/504), then accept.
+
+    A client handshake that could not be accepted (no or a malformed
+    ``Sec-WebSocket-Key``, another version) is a :class:`BadRequest` before
+    anything is opened upstream.
+    """
+    probe = web.WebSocketResponse()
+    if not probe.can_prepare(request).ok:
+        raise BadRequest("not a valid WebSocket handshake (Sec-WebSocket-Key / -Version)")
     for name in list(headers):
         if name.lower() in _WEBSOCKET_HANDSHAKE or name.lower() == "sec-websocket-protocol":
             headers.popall(name, None)
@@ -374,7 +383,10 @@ async def forward_websocket(
     protocols = (upstream.protocol,) if upstream.protocol else ()
     client = web.WebSocketResponse(protocols=protocols, autoping=True, max_msg_size=max_msg_size)
     try:
-        await client.prepare(request)
+        try:
+            await client.prepare(request)
+        except web.HTTPException as e:  # checked above; a client that changed its mind
+            raise BadRequest("not a valid WebSocket handshake") from e
         tasks = [
             asyncio.ensure_future(_pump(upstream, client)),
             asyncio.ensure_future(_pump(client, upstream)),
@@ -389,5 +401,6 @@ async def forward_websocket(
                     await task
     finally:
         await upstream.close()
-        await client.close()
+        if client.prepared:
+            await client.close()
     return client

@@ -121,8 +121,14 @@ class SessionKeyError(HiveError):
 
 
 def tokens_equal(given: str, expected: str) -> bool:
-    """Constant-time comparison of two secrets (time does not depend on where they differ)."""
-    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+    """Constant-time comparison of two secrets (time does not depend on where they differ).
+
+    Secrets are ASCII; anything else given (bytes that were not UTF-8 reach
+    here as surrogate escapes) is simply not equal.
+    """
+    if not given.isascii():
+        return False
+    return hmac.compare_digest(given.encode("ascii"), expected.encode("utf-8"))
 
 
 def load_or_create_token(path: Path) -> str:

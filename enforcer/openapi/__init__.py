@@ -121,6 +121,8 @@ def build_document(title: str, description: str, routes: Sequence[ApiRoute]) -> 
             403: "refused by the transport check or the policy",
             404: "no such object or route",
             413: "body too large",
+            # Routes that take a body: one sent with a Content-Encoding is refused.
+            **({415: "body sent with a Content-Encoding"} if "requestBody" in op else {}),
             **route.responses,
         }.items():
             responses[str(status)] = {

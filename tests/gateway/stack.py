@@ -28,7 +28,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from enforcer.config import GatewayConfig, HiveConfig
-from enforcer.gateway import create_app
+from enforcer.gateway import create_app, make_runner
 from enforcer.sessions import CSRF_COOKIE
 from tests.loop_thread import close_loop_thread
 
@@ -266,7 +266,8 @@ class Stack:
         return self.config.operator_token_file.read_text().strip()
 
     async def _serve(self, app: web.Application, site_of: Any) -> web.AppRunner:
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
+        # auto_decompress=False: the doubles see bodies as sent, as the real core does.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2, auto_decompress=False)
         await runner.setup()
         await site_of(runner).start()
         self._runners.append(runner)
@@ -303,10 +304,10 @@ class Stack:
         from enforcer.gateway import _ssl_context
 
         ssl_context = _ssl_context(self.config)
-        await self._serve(
-            create_app(self.config),
-            lambda r: web.SockSite(r, gw_sock, ssl_context=ssl_context),
-        )
+        runner = make_runner(create_app(self.config), shutdown_timeout=0.2)
+        await runner.setup()
+        await web.SockSite(runner, gw_sock, ssl_context=ssl_context).start()
+        self._runners.append(runner)
         return self
 
     async def stop(self) -> None:

@@ -36,6 +36,13 @@ ORIGIN_WIDE = {
     "Alt-Svc": 'h2=":1"; ma=2592000; persist=1',
     "Service-Worker-Allowed": "/",
     "Origin-Agent-Cluster": "?0",
+    # Network Error Logging: every request to the origin reported to the agent.
+    "NEL": '{"report_to":"g","max_age":31536000,"success_fraction":1.0}',
+    "Report-To": '{"group":"g","max_age":31536000,"endpoints":[{"url":"https://c.invalid/r"}]}',
+    "Reporting-Endpoints": 'g="https://c.invalid/r"',
+    "Accept-CH": "Sec-CH-UA-Full-Version-List",
+    "Critical-CH": "Sec-CH-UA-Full-Version-List",
+    "Set-Login": "logged-in",
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Credentials": "true",
     "X-Hive-Principal": "operator",

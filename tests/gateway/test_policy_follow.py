@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 
 from enforcer.config import GatewayConfig, HiveConfig
-from enforcer.gateway import create_app
+from enforcer.gateway import create_app, make_runner
 from enforcer.policy.follow import FOLLOW_SECONDS
 from enforcer.sessions import CSRF_COOKIE
 from tests.core.conftest import make_config, start_core
@@ -76,7 +76,7 @@ async def pair(hive_dirs: tuple[Path, Path]) -> AsyncIterator[_Pair]:
         gateway=replace(GatewayConfig(), host="127.0.0.1", port=port),
     )
     core = await start_core(config)
-    runner = web.AppRunner(create_app(config), access_log=None)
+    runner = make_runner(create_app(config), shutdown_timeout=0.2)
     try:
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()

@@ -35,6 +35,7 @@ from aiohttp import web
 from enforcer.config import GatewayConfig, HiveConfig
 from enforcer.corestate import CORE
 from enforcer.gateway import create_app as create_gateway
+from enforcer.gateway import make_runner
 from enforcer.lifecycle import LocalProcessBackend
 from enforcer.store import AgentRecord
 from tests.core.conftest import Core, make_config
@@ -123,9 +124,7 @@ class WebStack:
         runner = await serve(self.config, app)
         self.core = Core(self.config, app, runner)
         # Proxied event streams end only at their next write: do not wait for them.
-        self._gateway = web.AppRunner(
-            create_gateway(self.config), access_log=None, shutdown_timeout=1.0
-        )
+        self._gateway = make_runner(create_gateway(self.config), shutdown_timeout=0.5)
         await self._gateway.setup()
         await web.TCPSite(self._gateway, "127.0.0.1", self.port).start()
 
