@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,8 @@ from enforcer.config import HiveConfig, load_config
 from enforcer.containers import NetnsBackend
 from enforcer.errors import Forbidden, HiveError, PayloadTooLarge
 from enforcer.log import configure_logging, get_logger
-from enforcer.policy import AccessRequest, PolicyEngine
+from enforcer.policy import AccessRequest, Policy, PolicyEngine, PolicyError
+from enforcer.policy.follow import FOLLOW_SECONDS, Follower
 from enforcer.priv_protocol import (
     MAX_REQUEST_BYTES,
     ContainerCreate,
@@ -59,6 +60,7 @@ from enforcer.priv_protocol import (
     encode_error,
     encode_ok,
 )
+from netns.policy import NetworkPolicy
 
 __all__ = [
     "NotSocketActivated",
@@ -137,13 +139,16 @@ class PrivServer:
         *,
         allowed_uids: frozenset[int],
         max_state_bytes: int,
+        follower: Follower | None = None,
     ) -> None:
         self.listener = listener
         self.backend = backend
         self.engine = engine
         self.allowed_uids = allowed_uids
         self.max_state_bytes = max_state_bytes
+        self.follower = follower
         self._stop = threading.Event()
+        self._next_follow = 0.0
 
     def stop(self) -> None:
         """Make :meth:`serve_forever` return."""
@@ -153,6 +158,7 @@ class PrivServer:
         """Accept until :meth:`stop`; also notices agents that exited by themselves."""
         self.listener.settimeout(0.5)
         while not self._stop.is_set():
+            self._poll_policy()
             try:
                 conn, _ = self.listener.accept()
             except TimeoutError:
@@ -163,6 +169,16 @@ class PrivServer:
                 time.sleep(0.1)
                 continue
             threading.Thread(target=self._serve_conn, args=(conn,), daemon=True).start()
+
+    def _poll_policy(self) -> None:
+        # Follow the core's live policy revision (at most once a period, also
+        # while connections keep arriving). A load runs in this thread: the
+        # requests being served meanwhile decide with the version still live.
+        if self.follower is None or time.monotonic() < self._next_follow:
+            return
+        self._next_follow = time.monotonic() + FOLLOW_SECONDS
+        with contextlib.suppress(OSError):
+            self.follower.poll()
 
     def _poll_backend(self) -> None:
         # Reap agents that exited by themselves promptly (their exit status is
@@ -321,6 +337,20 @@ def _roles_of(engine: PolicyEngine, name: str) -> tuple[str, ...]:
     return tuple(policy.index.graph.subjects_of(principal))
 
 
+def _same_network(network: NetworkPolicy) -> Callable[[Policy], None]:
+    """Refuse to follow a version whose network section is not the one the table was built from."""
+
+    def check(policy: Policy) -> None:
+        if policy.network != network:
+            raise PolicyError(
+                "network.toml: the network section changed; hive-priv keeps the policy it "
+                "runs until it is restarted and `hive-boundary netns reconcile` applies the "
+                "new table (docs/operations.md)"
+            )
+
+    return check
+
+
 def run(args: argparse.Namespace) -> int:
     """``hive-boundary priv``: serve until SIGTERM/SIGINT."""
     configure_logging()
@@ -367,6 +397,7 @@ def run(args: argparse.Namespace) -> int:
         engine,
         allowed_uids=frozenset({0, core_uid}),
         max_state_bytes=config.core.max_state_file_bytes,
+        follower=Follower(engine, config.run_dir, check=_same_network(network)),
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.stop())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,12 +85,16 @@ class PolicyEngine:
         self.last_refusal: tuple[float, str] | None = None
         self.reload()
 
-    def reload(self, *, expect: str | None = None) -> ReloadResult:
+    def reload(
+        self, *, expect: str | None = None, check: Callable[[Policy], None] | None = None
+    ) -> ReloadResult:
         """Load the directory again; keep the last good policy if the new one is invalid.
 
         With ``expect`` (a revision), the new version goes live only if it is
         exactly that revision: a process following another's live policy
         (:mod:`enforcer.policy.follow`) never takes files that changed since.
+        ``check`` may refuse a valid version for the caller's own reasons (a
+        :class:`PolicyError`), before it goes live.
         """
         with self._reload_lock:  # one reload at a time; decisions never wait on it
             try:
@@ -102,6 +107,8 @@ class PolicyEngine:
                         f"not the followed revision {expect}: they changed after it was "
                         "loaded; the next reload of the core brings them together"
                     )
+                if check is not None:
+                    check(policy)
             except PolicyError as e:
                 self.last_refusal = (time.time(), e.reason)
                 self._log.error(

@@ -9,15 +9,18 @@ with whatever the files say. So:
   and after every reload (:func:`publish_revision`: a temporary file renamed
   into place, so a reader sees one whole revision or the previous one);
 - each follower checks that file every :data:`FOLLOW_SECONDS`
-  (:func:`follow`) and, when it names another revision than the follower's
-  own, reloads from the same policy directory *expecting that revision*
+  (:func:`follow` in an event loop, :meth:`Follower.poll` elsewhere) and,
+  when it names another revision than the follower's own, reloads from the
+  same policy directory *expecting that revision*
   (:meth:`PolicyEngine.reload` ``expect=``): files edited after the core's
   reload are refused, and the follower keeps its version until the core
   publishes again. A follower therefore runs only versions the core ran,
   at most :data:`FOLLOW_SECONDS` (plus a load) after the core.
 
-hive-priv does not follow: its network table is built at start
-(``docs/operations.md`` says how to apply a changed network section).
+hive-priv follows too (:class:`Follower`, polled from its accept loop), except
+a version whose network section differs from the one its nftables table was
+built from: that takes a restart and ``netns reconcile``
+(``docs/operations.md``), so it is refused and logged until then.
 """
 
 from __future__ import annotations
@@ -26,12 +29,20 @@ import asyncio
 import contextlib
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from enforcer.log import get_logger
-from enforcer.policy.engine import NO_POLICY, PolicyEngine
+from enforcer.policy.engine import NO_POLICY, Policy, PolicyEngine, ReloadResult
 
-__all__ = ["FOLLOW_SECONDS", "REVISION_FILE", "follow", "publish_revision", "published_revision"]
+__all__ = [
+    "FOLLOW_SECONDS",
+    "REVISION_FILE",
+    "Follower",
+    "follow",
+    "publish_revision",
+    "published_revision",
+]
 
 REVISION_FILE = "policy-revision"
 """The file, in the run directory, naming the core's live policy revision."""
@@ -71,31 +82,70 @@ def published_revision(run_dir: Path) -> str | None:
     return text if _REVISION.fullmatch(text) else None
 
 
+class Follower:
+    """Keeps one :class:`PolicyEngine` on the revision the core publishes in ``run_dir``.
+
+    :meth:`due` says (cheaply: a ``stat`` and a small read) whether a reload
+    should be tried now and for which revision; :meth:`take` tries it (a load:
+    run it off an event loop). A refused revision is tried again only once
+    the core publishes again (a new file: new inode or mtime), not every
+    period: a load compiles. ``check`` may refuse a valid version for the
+    follower's own reasons (hive-priv: a changed network section).
+    """
+
+    def __init__(
+        self,
+        engine: PolicyEngine,
+        run_dir: Path,
+        *,
+        check: Callable[[Policy], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.run_dir = run_dir
+        self._check = check
+        self._tried: str | None = None  # the published revision last tried and refused
+        self._stamp: tuple[int, int] | None = None
+        self._log = get_logger("policy.follow")
+
+    def due(self) -> str | None:
+        """The published revision to load now, or None."""
+        try:
+            st = os.stat(self.run_dir / REVISION_FILE)
+        except OSError:
+            return None
+        now = (st.st_ino, st.st_mtime_ns)
+        wanted = published_revision(self.run_dir)
+        if wanted is None or wanted == self.engine.revision or wanted == NO_POLICY:
+            self._tried, self._stamp = None, now
+            return None
+        if wanted == self._tried and now == self._stamp:
+            return None
+        self._tried, self._stamp = wanted, now
+        return wanted
+
+    def take(self, wanted: str) -> ReloadResult:
+        """Reload expecting ``wanted``; log what came of it."""
+        result = self.engine.reload(expect=wanted, check=self._check)
+        if result.ok:
+            self._tried = None
+            self._log.info("policy.followed", revision=result.revision)
+        else:
+            self._log.warning(
+                "policy.behind", wanted=wanted, live=result.revision, reason=result.error
+            )
+        return result
+
+    def poll(self) -> ReloadResult | None:
+        """:meth:`due` then :meth:`take`, in the caller's thread."""
+        wanted = self.due()
+        return None if wanted is None else self.take(wanted)
+
+
 async def follow(engine: PolicyEngine, run_dir: Path, *, every: float = FOLLOW_SECONDS) -> None:
     """Keep ``engine`` on the core's published revision; runs until cancelled."""
-    log = get_logger("policy.follow")
-    tried: str | None = None  # the published revision last tried and refused
-    stamp: tuple[int, int] | None = None
+    follower = Follower(engine, run_dir)
     while True:
         await asyncio.sleep(every)
-        try:
-            st = os.stat(run_dir / REVISION_FILE)
-        except OSError:
-            continue
-        # A refused revision is tried again only once the core publishes again
-        # (a new file: new inode or mtime), not every tick: a load compiles.
-        now = (st.st_ino, st.st_mtime_ns)
-        wanted = published_revision(run_dir)
-        if wanted is None or wanted == engine.revision or wanted == NO_POLICY:
-            tried = None
-            stamp = now
-            continue
-        if wanted == tried and now == stamp:
-            continue
-        tried, stamp = wanted, now
-        result = await asyncio.to_thread(engine.reload, expect=wanted)
-        if result.ok:
-            tried = None
-            log.info("policy.followed", revision=result.revision)
-        else:
-            log.warning("policy.behind", wanted=wanted, live=result.revision, reason=result.error)
+        wanted = follower.due()
+        if wanted is not None:
+            await asyncio.to_thread(follower.take, wanted)
