@@ -263,16 +263,7 @@ http {{
   }}
   server {{
     listen 127.0.0.1:{auth_request_port};
-    location = /_auth {{
-      internal;
-      proxy_pass http://authoriser/auth;
-      proxy_pass_request_body off;
-      proxy_set_header Content-Length "";
-      proxy_set_header X-Original-URI $request_uri;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }}
-    location / {{
+{auth_location_min}    location / {{
       auth_request /_auth;
       proxy_pass http://backend;
       proxy_http_version 1.1;
@@ -282,16 +273,7 @@ http {{
   upstream authoriser_full {{ server 127.0.0.1:{auth_full_port}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{auth_full_request_port};
-    location = /_auth {{
-      internal;
-      proxy_pass http://authoriser_full/auth;
-      proxy_pass_request_body off;
-      proxy_set_header Content-Length "";
-      proxy_set_header X-Original-URI $request_uri;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }}
-    location / {{
+{auth_location_full}    location / {{
       auth_request /_auth;
       auth_request_set $hive_principal $upstream_http_x_hive_principal;
       auth_request_set $hive_request_id $upstream_http_x_hive_request_id;
@@ -328,6 +310,20 @@ http {{
     }}
   }}
 }}
+"""
+
+
+# The auth subrequest's location, the same for both authorisers but for its upstream.
+AUTH_LOCATION = """
+    location = /_auth {{
+      internal;
+      proxy_pass http://{upstream}/auth;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-URI $request_uri;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
 """
 
 
@@ -533,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
                 auth_request_port=ports["nginx_a"],
                 auth_full_request_port=ports["nginx_af"],
                 operator_csp=_OPERATOR_CSP_DEFAULT,
+                auth_location_min=AUTH_LOCATION.format(upstream="authoriser"),
+                auth_location_full=AUTH_LOCATION.format(upstream="authoriser_full"),
             )
         )
         nginx = subprocess.Popen(
