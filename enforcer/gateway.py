@@ -58,6 +58,10 @@ everything the document then asks for itself - scripts, styles, images,
 opaque origin, and the browser sends no ``SameSite=Strict`` cookie with it.
 So the cookie cannot be what lets an agent UI load its own assets. Instead:
 
+- A top-level navigation (``Sec-Fetch-Dest: document``) into the agent
+  space, with or without a capability, is answered ``303`` to the agent's
+  framing page ``/agents/<name>``: agent content is never the whole page on
+  the operator's origin (where it could pose as the login form).
 - A browser navigation (``Sec-Fetch-Mode: navigate``, GET/HEAD) into
   ``/agent/<name>/...`` with the operator's session is answered ``303`` to
   ``/agent/<name>/@<cap>/...`` (``Cache-Control: no-store``), where ``<cap>``
@@ -353,14 +357,26 @@ def _login_form(next_target: str, message: str = "") -> str:
 
 
 def _safe_next(value: str | None) -> str:
-    """A same-origin path to go to after login (never another host, never agent space)."""
+    """A same-origin path to go to after login (never another host, never agent space).
+
+    A target in the agent space becomes that agent's own page (the trusted
+    chrome that frames its UI): agent content is never a top-level document.
+    """
     if not value or not value.startswith("/") or value.startswith("//"):
         return "/"
     try:
         target = paths.parse_target(value)
     except HiveError:
         return "/"
+    if paths.in_agent_space(value):
+        agent = paths.agent_target(target)
+        return _chrome_page(agent.name) if agent is not None and agent.name else "/"
     return str(target)
+
+
+def _chrome_page(name: str) -> str:
+    """The core's page for agent ``name``: its status and controls, its UI framed and sandboxed."""
+    return f"/agents/{name}"
 
 
 # --- the agent registry -------------------------------------------------------
@@ -844,6 +860,16 @@ async def _agent_slash(request: web.Request) -> web.StreamResponse:
 def _view_redirect(request: web.Request, agent: paths.AgentTarget) -> web.StreamResponse | None:
     """Where a request in the agent space goes instead of the agent, if anywhere."""
     query = "" if agent.query is None else f"?{agent.query}"
+    if request.headers.get("Sec-Fetch-Dest") == "document":
+        # A top-level navigation (a shift-click out of the frame, "open frame in
+        # a new tab", a bookmark, a pasted link): agent content would be the
+        # whole page on the operator's origin, free to pose as the operator's
+        # own login form. The browser gets the agent's chrome page instead,
+        # which frames the UI sandboxed.
+        return web.Response(
+            status=303,
+            headers={"Location": _chrome_page(agent.name), "Cache-Control": "no-store"},
+        )
     if agent.view is not None:  # a valid capability (the principal check refused others)
         if agent.path == "":
             raise web.HTTPPermanentRedirect(f"{agent.prefix}/{query}")

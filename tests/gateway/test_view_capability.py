@@ -398,3 +398,56 @@ async def test_event_streams_and_websockets_work_through_a_capability(
             assert await ws.receive_str(timeout=5) == "echo:hi"
     assert stack.agent.seen[-1].raw_path == "/ws"
     assert "Cookie" not in stack.agent.seen[-1].headers
+
+
+TOP_LEVEL = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+
+
+@pytest.mark.parametrize("with_capability", [False, True])
+@pytest.mark.parametrize("path", ["/", "/app.js", "/deep/page?x=1"])
+async def test_a_top_level_navigation_into_agent_space_gets_the_agents_framing_page(
+    stack: Stack, client: aiohttp.ClientSession, with_capability: bool, path: str
+) -> None:
+    # A shift-click out of the sandboxed frame, "open frame in new tab", a
+    # bookmark: agent content is never the top-level document on the operator's
+    # origin (it could pose as the operator's login form there).
+    prefix = await _view_prefix(stack, client, "alpha") if with_capability else "/agent/alpha"
+    seen = len(stack.agent.seen)
+    async with (
+        _cookieless() as bare,
+        client.get(stack.url(prefix + path), headers=TOP_LEVEL, allow_redirects=False) as resp,
+    ):
+        assert resp.status == 303
+        assert resp.headers["Location"] == "/agents/alpha"
+        if with_capability:  # the capability alone (no cookie) is sent the same way
+            async with bare.get(
+                stack.url(prefix + path), headers=TOP_LEVEL, allow_redirects=False
+            ) as alone:
+                assert alone.status == 303
+                assert alone.headers["Location"] == "/agents/alpha"
+    assert len(stack.agent.seen) == seen
+
+
+@pytest.mark.parametrize(
+    ("next_target", "landing"),
+    [
+        ("/agent/alpha/", "/agents/alpha"),
+        ("/agent/alpha/@x/app.js", "/agents/alpha"),
+        ("/agent/", "/"),
+        ("/agents/alpha", "/agents/alpha"),
+    ],
+)
+async def test_login_never_lands_in_agent_space(
+    stack: Stack, next_target: str, landing: str
+) -> None:
+    async with (
+        stack.client() as fresh,
+        fresh.post(
+            stack.url("/login"),
+            data={"token": stack.token, "next": next_target},
+            headers={"Origin": stack.origin},
+            allow_redirects=False,
+        ) as resp,
+    ):
+        assert resp.status == 303
+        assert resp.headers["Location"] == landing

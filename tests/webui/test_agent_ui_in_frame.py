@@ -82,3 +82,23 @@ def test_a_sandboxed_agent_ui_loads_its_own_assets_api_and_events(
     page.get_by_role("button", name="Log out").click()
     page.wait_for_url(re.compile(r"/login"))
     assert _status(web_stack.url(prefix + "/app.css")) == 403
+
+
+def test_agent_content_is_never_the_top_level_page(page: Any, web_stack: WebStack) -> None:
+    # Opening the frame's address on its own (a new tab, a bookmark, a
+    # shift-click out of the frame) shows the agent's framing page, never the
+    # agent's page alone on the operator's origin, where it could pose as the
+    # operator's own login form.
+    login(page, web_stack, "/")
+    page.goto(web_stack.url("/agent/alpha/"))
+    page.wait_for_url(web_stack.url("/agents/alpha"))
+    page.frame_locator("#agent-frame").locator("#checks[data-done='yes']").wait_for(timeout=15_000)
+    (framed,) = [f for f in page.frames if "/agent/alpha/@" in f.url]
+    page.goto(framed.url)  # the capability address itself, at top level
+    page.wait_for_url(web_stack.url("/agents/alpha"))
+    # Logging in towards the agent's space lands on its framing page as well.
+    page.context.clear_cookies()
+    page.goto(web_stack.url("/login?next=/agent/alpha/"))
+    page.get_by_label("Operator token").fill(web_stack.token)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(web_stack.url("/agents/alpha"))
