@@ -29,6 +29,7 @@ from pathlib import Path
 
 from enforcer.errors import (
     BadRequest,
+    Conflict,
     Forbidden,
     HiveError,
     NotFound,
@@ -113,6 +114,10 @@ def _os_error(e: OSError, what: str) -> HiveError:
         return Forbidden(f"{what}: permission denied")
     if e.errno == errno.EISDIR:
         return BadRequest(f"{what}: is a directory")
+    if e.errno in {errno.EAGAIN, errno.EWOULDBLOCK}:
+        # O_NONBLOCK open of a file the agent holds a write lease on
+        # (F_SETLEASE): its state, its choice; the caller may retry.
+        return Conflict(f"{what}: the file is locked or leased by the agent; try again")
     if e.errno in {errno.ENOSPC, errno.EDQUOT}:
         # The disk is full: refused, retry later (503), nothing half-written.
         return Unavailable(f"{what}: no space left on device")

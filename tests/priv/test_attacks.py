@@ -197,3 +197,51 @@ def test_decoder_edge_cases_are_refused_and_the_daemon_keeps_serving(
     # Still serving.
     client = PrivClient(priv.socket, timeout=20)
     assert _read(client, "nosuch", "x") == "not_found"
+
+
+# Take a write lease on a file of the agent's own state/ and hold it.
+LEASE = r"""
+import fcntl, os, signal, sys, time
+signal.signal(signal.SIGIO, signal.SIG_IGN)  # keep the lease when root's open breaks it
+path = sys.argv[1]
+with open(path, "w") as f:
+    f.write("hello")
+fd = os.open(path, os.O_RDONLY)
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+print("leased", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_state_file_leased_by_the_agent_is_a_409_and_readable_once_released(
+    priv: PrivEnv,
+) -> None:
+    """A write lease makes root's ``O_NONBLOCK`` open fail with ``EWOULDBLOCK``: the
+    agent's own choice, answered as a conflict to retry - not an internal error."""
+    client = PrivClient(priv.socket, timeout=60)
+    name, user, state = _agent(priv, client)
+    holder = subprocess.Popen(
+        [SYSTEM_PYTHON, "-c", LEASE, str(state / "f"), "30"],
+        user=user.uid,
+        group=user.gid,
+        extra_groups=[],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd="/",
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stderr is not None
+        assert "leased" in holder.stdout.readline(), holder.stderr.read()
+        started = time.monotonic()
+        with pytest.raises(HiveError) as leased:
+            asyncio.run(client.read_state_file(name, "f"))
+        assert time.monotonic() - started < 5  # no wait for the lease-break time
+        assert (leased.value.status, leased.value.code) == (409, "conflict")
+        assert "leased" in leased.value.reason
+    finally:
+        holder.kill()
+        holder.wait()
+    assert _read(client, name, "f") == b"hello"
+    asyncio.run(client.container_destroy(name))
