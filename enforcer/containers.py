@@ -135,8 +135,17 @@ class RecordStore:
         self.path = path
 
     def load(self) -> dict[str, ContainerRecord]:
-        """All records; an absent file means none."""
+        """All records; an absent file means none.
+
+        The records steer what root does (recovery removes users, directories
+        and processes they name), so they are read only from hive-priv's own
+        private directory, and only if hive-priv wrote them
+        (:func:`_private_dir`, :func:`_own_file`): a directory or file someone
+        else made there first is refused, never believed.
+        """
+        _private_dir(self.path.parent)
         try:
+            _own_file(self.path)
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {}
@@ -146,7 +155,7 @@ class RecordStore:
 
     def save(self, records: dict[str, ContainerRecord]) -> None:
         """Write every record; a crash leaves the old file or the new, never half."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private_dir(self.path.parent)
         body = json.dumps(
             {"version": 1, "containers": {n: asdict(r) for n, r in sorted(records.items())}},
             indent=1,
@@ -164,6 +173,36 @@ class RecordStore:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def _private_dir(path: Path) -> None:
+    """``path`` as a directory only this process's uid can use (made 0700 if missing).
+
+    An existing one must be a real directory (not a symlink), owned by us, with
+    no access for group or others: anything else was made by someone else -
+    for ``STATE/priv``, possibly the core before hive-priv's first start - and
+    is refused (:class:`Conflict`), never adopted.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    st = path.lstat()
+    if (
+        not stat.S_ISDIR(st.st_mode)
+        or st.st_uid != os.geteuid()
+        or stat.S_IMODE(st.st_mode) & 0o077
+    ):
+        raise Conflict(
+            f"{path} must be a directory owned by uid {os.geteuid()} with mode 0700; "
+            "it was made by someone else: remove it after checking what is in it"
+        )
+
+
+def _own_file(path: Path) -> None:
+    """Refuse ``path`` unless it is a regular file owned by this process's uid."""
+    st = path.lstat()  # FileNotFoundError passes to the caller
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        raise Conflict(f"{path} is not a file hive-priv wrote: refused")
 
 
 def _proc_start_time(pid: int) -> int | None:

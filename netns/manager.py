@@ -21,12 +21,15 @@ inventory, which would strip a running container's isolation.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import secrets
+import stat
 import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,6 +216,11 @@ class _Record:
     roles: tuple[str, ...]
 
 
+def _ours(st: os.stat_result) -> bool:
+    """A regular file owned by root or by this process's uid (the manager's own files)."""
+    return stat.S_ISREG(st.st_mode) and st.st_uid in {0, os.geteuid()}
+
+
 class NetnsManager:
     """Owns table ``inet <table>`` and the namespaces ``<prefix><name>``."""
 
@@ -248,14 +256,27 @@ class NetnsManager:
             fd = -1
             if self._depth == 0:
                 try:
+                    # O_NOFOLLOW: a symlink planted at this name (the run
+                    # directory is the core's to write in) is not followed.
                     fd = os.open(
                         self.state_path.with_suffix(".lock"),
-                        os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                        os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
                         0o600,
                     )
-                except OSError:
+                except OSError as e:
+                    if e.errno == errno.ELOOP:
+                        raise Conflict(
+                            f"{self.state_path.with_suffix('.lock')} is a symlink someone "
+                            "planted; refused (remove it after checking it)"
+                        ) from e
                     fd = -1  # read-only run dir (an unprivileged audit): nobody writes there
                 if fd >= 0:
+                    if not _ours(os.fstat(fd)):
+                        os.close(fd)
+                        raise Conflict(
+                            f"{self.state_path.with_suffix('.lock')}: not a file this "
+                            "manager made; refused (remove it after checking it)"
+                        )
                     fcntl.flock(fd, fcntl.LOCK_EX)
             self._depth += 1
             try:
@@ -272,6 +293,13 @@ class NetnsManager:
 
     def _load(self) -> None:
         try:
+            # The inventory says which containers the table isolates: one
+            # written by anyone but us (root, or this uid) is refused, not believed.
+            if not _ours(self.state_path.lstat()):
+                raise Conflict(
+                    f"{self.state_path}: not an inventory this manager wrote; refused "
+                    "(remove it after checking it, then reconcile)"
+                )
             data = json.loads(self.state_path.read_text())
         except FileNotFoundError:
             return
@@ -282,7 +310,6 @@ class NetnsManager:
 
     def _save(self) -> None:
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
         data = {
             "table": self.table,
             "prefix": self.prefix,
@@ -290,8 +317,23 @@ class NetnsManager:
                 n: {"slot": r.slot, "roles": list(r.roles)} for n, r in self._inv.items()
             },
         }
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, self.state_path)
+        body = json.dumps(data, indent=1, sort_keys=True).encode()
+        # A fresh name nobody can guess, created exclusively and never through
+        # a symlink: the run directory is writable by the core, which must not
+        # steer this write (or own the file it becomes).
+        tmp = self.state_path.with_name(f".{self.state_path.name}.{secrets.token_hex(8)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            try:
+                os.write(fd, body)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.state_path)
+        except BaseException:
+            with suppress(OSError):
+                tmp.unlink()
+            raise
 
     def names(self) -> list[str]:
         """Names of the containers in the inventory."""
