@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import os
 import re
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,11 +75,24 @@ def publish_revision(run_dir: Path, revision: str) -> None:
 
 
 def published_revision(run_dir: Path) -> str | None:
-    """The revision the core published, or None (none yet, unreadable or malformed)."""
+    """The revision the core published, or None (none yet, unreadable or malformed).
+
+    Read as hive-priv (root) reads anything the core can write: not through a
+    symlink, only from a regular file (a FIFO would block, ``/dev/zero`` would
+    never end), and at most a few hundred bytes.
+    """
     try:
-        text = (run_dir / REVISION_FILE).read_text(encoding="ascii").strip()
+        fd = os.open(run_dir / REVISION_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        text = os.read(fd, 256).decode("ascii").strip()
     except (OSError, UnicodeDecodeError):
         return None
+    finally:
+        os.close(fd)
     return text if _REVISION.fullmatch(text) else None
 
 
@@ -110,7 +124,7 @@ class Follower:
     def due(self) -> str | None:
         """The published revision to load now, or None."""
         try:
-            st = os.stat(self.run_dir / REVISION_FILE)
+            st = os.lstat(self.run_dir / REVISION_FILE)
         except OSError:
             return None
         now = (st.st_ino, st.st_mtime_ns)

@@ -146,3 +146,23 @@ async def test_an_unreadable_or_absent_publication_changes_nothing(
             await settle()
     assert engine.revision == live
     assert engine.decide(_HEALTH).allowed
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "directory", "device"])
+def test_a_revision_file_that_is_not_a_regular_file_is_never_read(
+    tmp_path: Path, kind: str
+) -> None:
+    # The run directory is the core's to write in; hive-priv (root) reads this
+    # file: a FIFO would block its accept loop, /dev/zero would never end.
+    path = tmp_path / REVISION_FILE
+    if kind == "symlink":
+        target = tmp_path / "elsewhere"
+        target.write_text("ab12cd34ef56\n")
+        path.symlink_to(target)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path.symlink_to("/dev/zero")
+    assert published_revision(tmp_path) is None
