@@ -81,12 +81,19 @@ def slot_addresses(v4: ipaddress.IPv4Network, v6: ipaddress.IPv6Network, index: 
 
 
 def host_ifname(name: str, ifprefix: str = "hv-") -> str:
-    """Predictable host-side name: ``<ifprefix><name>``, or truncated + hash if too long."""
+    """Predictable host-side name: ``<ifprefix><name>``, or truncated + hash if too long.
+
+    The hashed form joins the truncated name and the hash with ``_``, a
+    character no agent name contains (``[a-z][a-z0-9-]*``): with ``-`` there,
+    the hashed name of ``abcdefghijklm`` was the plain name of the valid
+    agent ``abcde-2c47bd``, and two containers would share one interface
+    (and one entry of ``cont_if``). Plain and hashed names never meet now.
+    """
     full = ifprefix + name
     if len(full) <= IFNAMSIZ:
         return full
     digest = hashlib.blake2s(name.encode(), digest_size=3).hexdigest()
-    return (full[: IFNAMSIZ - len(digest) - 1] + "-" + digest)[:IFNAMSIZ]
+    return (full[: IFNAMSIZ - len(digest) - 1] + "_" + digest)[:IFNAMSIZ]
 
 
 def write_sysctl(path: str, value: str) -> bool:
