@@ -1,7 +1,9 @@
 /* Progressive enhancement only: every page works without this file.
  * - live refresh: the core's event stream (/api/events, server-sent events)
- *   triggers a re-fetch of this page and swaps its [data-live] regions, unless
- *   the operator is typing in one (never lose input);
+ *   triggers a re-fetch of this page (at most one per 250 ms) and swaps its
+ *   [data-live] regions, unless the operator is typing in one (never lose
+ *   input) or the pointer rests on one (nothing moves under a click); new
+ *   buttons are inert for a moment;
  * - policy matrix: a cell's explanation loads in place.
  * Same-origin only; nothing is fetched from anywhere else. */
 (function () {
@@ -26,24 +28,57 @@
       .then(function (text) { return new DOMParser().parseFromString(text, "text/html"); });
   }
 
-  function swap(doc, selector) {
-    var n = 0;
-    document.querySelectorAll(selector).forEach(function (el) {
-      if (!el.id || busy(el)) { return; }
-      var fresh = doc.getElementById(el.id);
-      if (fresh) { el.replaceWith(document.importNode(fresh, true)); n++; }
-    });
-    return n;
+  // The pointer rests on it: a swap now could move another item (another
+  // agent's Approve button) under it, right before the operator clicks.
+  function pointed(region) {
+    try { return region.matches(":hover"); } catch (e) { return false; }
   }
 
+  // Buttons that just appeared are inert for a moment: a click that was
+  // aimed at what was there before lands on nothing.
+  var SETTLE_MS = 700;
+  function settle(region) {
+    region.querySelectorAll("button").forEach(function (b) {
+      if (b.disabled) { return; }
+      b.disabled = true;
+      setTimeout(function () { b.disabled = false; }, SETTLE_MS);
+    });
+  }
+
+  function swap(doc, selector) {
+    var deferred = 0;
+    document.querySelectorAll(selector).forEach(function (el) {
+      if (!el.id || busy(el)) { return; }
+      if (pointed(el)) { deferred++; return; }
+      var fresh = doc.getElementById(el.id);
+      if (fresh) {
+        var node = document.importNode(fresh, true);
+        el.replaceWith(node);
+        settle(node);
+      }
+    });
+    return deferred;
+  }
+
+  // At most one refresh per 250 ms, counted from the first event of a burst:
+  // a stream of events (one agent reporting status every 100 ms) delays
+  // nothing else's update.
   var timer = null;
+  var lastKind = "change";
   function refresh(kind) {
-    if (timer) { clearTimeout(timer); }
+    lastKind = kind;
+    if (timer) { return; }
     timer = setTimeout(function () {
       timer = null;
       fetchPage(location.href).then(function (doc) {
-        swap(doc, "[data-live]");
-        say("Updated (" + kind + ") at " + new Date().toLocaleTimeString());
+        var deferred = swap(doc, "[data-live]");
+        if (deferred) {
+          // Left as it was under the pointer: try again once it has moved on.
+          setTimeout(function () { refresh(lastKind); }, 1000);
+          say("Update waiting: move the pointer off the list to see it.");
+        } else {
+          say("Updated (" + lastKind + ") at " + new Date().toLocaleTimeString());
+        }
       }).catch(function () { say("Live update failed; reload the page to see changes."); });
     }, 250);
   }
