@@ -8,6 +8,7 @@ ruleset is ever touched.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Iterable, Mapping
@@ -56,6 +57,9 @@ class Nft:
         self._nft = nftables.Nftables()
         self._nft.set_json_output(True)
         self._nft.set_handle_output(False)
+        # Text output, for what the JSON output of nftables 1.0.6 gets wrong.
+        self._text = nftables.Nftables()
+        self._text.set_terse_output(True)
         # libnftables contexts are not thread-safe.
         self._lock = threading.Lock()
 
@@ -102,14 +106,49 @@ class Nft:
             self._run(cmds)
 
     def list_raw(self) -> Any | None:
-        """The live table as libnftables JSON, or ``None`` if it does not exist."""
+        """The live table as libnftables JSON, or ``None`` if it does not exist.
+
+        The table's ``flags`` (e.g. ``dormant``) are read from the text
+        listing: nftables 1.0.6 (Debian 12) prints a single table flag in JSON
+        from freed memory - some other string, or no valid JSON at all. A
+        listing that does not parse keeps only the table and its flags, so
+        it compares as drifted (every set and chain missing), never in sync.
+        """
+        cmd = {"nftables": [{"list": {"table": {"family": "inet", "name": self.table}}}]}
         with self._lock:
-            rc, out, _err = self._nft.json_cmd(
-                {"nftables": [{"list": {"table": {"family": "inet", "name": self.table}}}]}
-            )
+            rc, out, _err = self._nft.cmd(json.dumps(cmd))
         if rc != 0:
             return None
-        return out
+        try:
+            listing = json.loads(out)
+            table = next(i["table"] for i in listing["nftables"] if "table" in i)
+            readable = True
+        except (ValueError, KeyError, TypeError, StopIteration):
+            table = {"family": "inet", "name": self.table}
+            listing = {"nftables": [{"table": table}]}
+            readable = False
+        if "flags" in table or not readable:
+            flags = self._table_flags()
+            if flags is None:
+                return None
+            table["flags"] = flags
+        return listing
+
+    def _table_flags(self) -> list[str] | None:
+        """The table's flags from ``nft list table`` (text), ``None`` if it is gone."""
+        with self._lock:
+            rc, out, _err = self._text.cmd(f"list table inet {self.table}")
+        if rc != 0:
+            return None
+        # "table inet <t> {" then, one tab in, "flags dormant" (comma-separated)
+        # before the first set or chain.
+        for line in out.splitlines()[1:]:
+            words = line.split()
+            if not words or words[0] in {"set", "map", "chain", "}"}:
+                break
+            if words[0] == "flags":
+                return sorted(f.strip() for f in " ".join(words[1:]).split(",") if f.strip())
+        return []
 
     def live(self) -> dict[str, Any] | None:
         """The live table normalised for comparison with :meth:`Ruleset.normalised`."""

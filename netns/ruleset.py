@@ -127,7 +127,14 @@ class Ruleset:
                 for s in self.sets
             },
             "chains": {
-                c.name: {"type": c.type, "hook": c.hook, "prio": c.prio, "policy": c.policy}
+                c.name: {
+                    "type": c.type,
+                    "hook": c.hook,
+                    "prio": c.prio,
+                    "policy": c.policy,
+                    # We never set table flags: see normalise_listing.
+                    "table_flags": [],
+                }
                 for c in self.chains
             },
             "rules": {
@@ -457,10 +464,17 @@ def normalise_listing(listing: JSON) -> dict[str, Any] | None:
 
     Handles, counters' values and metainfo are dropped; ``None`` if the
     listing holds no table.
+
+    The table's own flags are part of every base chain's entry
+    (``table_flags``): ``flags dormant`` unhooks every base chain of the
+    table while sets, chains and rules list exactly as before, so a dormant
+    table is the drift "every chain off", not something to compare apart.
     """
     items = listing.get("nftables", []) if isinstance(listing, dict) else []
-    if not any("table" in i for i in items):
+    tables = [i["table"] for i in items if "table" in i]
+    if not tables:
         return None
+    table_flags = _flag_list(tables[0].get("flags", []))
     sets: dict[str, Any] = {}
     chains: dict[str, Any] = {}
     rules: dict[str, list[list[str]]] = {}
@@ -479,6 +493,7 @@ def normalise_listing(listing: JSON) -> dict[str, Any] | None:
                 "hook": c.get("hook"),
                 "prio": c.get("prio"),
                 "policy": c.get("policy"),
+                "table_flags": table_flags,
             }
             rules.setdefault(c["name"], [])
         elif "rule" in item:
@@ -488,6 +503,11 @@ def normalise_listing(listing: JSON) -> dict[str, Any] | None:
                 [json.dumps(expr, sort_keys=True), r.get("comment", "")]
             )
     return {"sets": sets, "chains": chains, "rules": rules}
+
+
+def _flag_list(raw: JSON) -> list[str]:
+    # libnftables prints one flag as a string, several as an array.
+    return sorted([raw] if isinstance(raw, str) else [str(f) for f in raw or []])
 
 
 def _strip_counter(e: JSON) -> JSON:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from netns.apply import Nft, NftError
-from netns.ruleset import ContainerEntry, compile_ruleset, subjects_for
+from netns.ruleset import ContainerEntry, compile_ruleset, normalise_listing, subjects_for
 from tests.netns.helpers import Names, make_policy
 
 EGRESS = '[[egress]]\nprincipal = "role:agent"\nto = ["0.0.0.0/0", "::/0"]\nports = [80]\n'
@@ -39,6 +39,46 @@ def test_applied_table_reads_back_equal_to_the_compiled_one(names: Names) -> Non
     nft = Nft(names.table)
     nft.replace_table(rs)
     assert nft.live() == rs.normalised()
+
+
+def test_table_flags_read_back_whatever_nftables_1_0_6_prints_for_them(names: Names) -> None:
+    """Its JSON prints one table flag from freed memory (another string, or no valid
+    JSON at all): the flags are in every chain's entry, and they are the real ones."""
+    rs = compile_ruleset(make_policy(names, EGRESS), [_entry(0)], names.table)
+    nft = Nft(names.table)
+    nft.replace_table(rs)
+    subprocess.run(["nft", f"add table inet {names.table} {{ flags dormant; }}"], check=True)
+    live = nft.live()
+    assert live is not None
+    assert all(c["table_flags"] == ["dormant"] for c in live["chains"].values())
+    assert live != rs.normalised()
+    nft.replace_table(rs)  # re-created without flags
+    assert nft.live() == rs.normalised()
+    # A dormant table with nothing in it: 1.0.6 prints no valid JSON for it.
+    other = Nft(names.table + "o")
+    subprocess.run(["nft", f"add table inet {other.table} {{ flags dormant; }}"], check=True)
+    assert other.exists()
+    assert other.live() == {"sets": {}, "chains": {}, "rules": {}}
+    assert other.list_raw() == {
+        "nftables": [{"table": {"family": "inet", "name": other.table, "flags": ["dormant"]}}]
+    }
+
+
+@pytest.mark.parametrize(
+    ("flags", "want"),
+    [(None, []), ("dormant", ["dormant"]), (["owner", "dormant"], ["dormant", "owner"])],
+)
+def test_normalising_puts_the_table_flags_in_every_chain(
+    flags: str | list[str] | None, want: list[str]
+) -> None:
+    table: dict[str, object] = {"family": "inet", "name": "t", "handle": 1}
+    if flags is not None:
+        table["flags"] = flags
+    chain = {"family": "inet", "table": "t", "name": "input", "handle": 2, "type": "filter",
+             "hook": "input", "prio": 0, "policy": "accept"}  # fmt: skip
+    norm = normalise_listing({"nftables": [{"table": table}, {"chain": chain}]})
+    assert norm is not None
+    assert norm["chains"]["input"]["table_flags"] == want
 
 
 def test_a_refused_transaction_changes_nothing(names: Names) -> None:

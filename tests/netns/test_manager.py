@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 
 import pytest
 
 from netns import links
-from netns.manager import NetnsManager
-from netns.probe import Prober
+from netns.manager import ContainerNet, NetnsManager
+from netns.probe import Prober, _in_netns
 from tests.netns.helpers import HTTP_EGRESS as EGRESS
 from tests.netns.helpers import Names, leftovers, make_policy, managed
 
@@ -122,3 +123,37 @@ def test_the_probe_sees_holes_when_the_table_is_gone(names: Names) -> None:
         holes = {(c.source, c.target) for c in prober.run().mismatches}
         assert ("alpha", "host:alpha-veth4") in holes
         assert ("beta", "host:beta-veth6") in holes
+
+
+def _reaches_its_host_side(c: ContainerNet) -> bool:
+    """Can the container open TCP to the host side of its own veth (an address we made)?"""
+    with socket.socket() as srv:
+        srv.bind((c.host_ipv4, 0))
+        srv.listen(1)
+        port = srv.getsockname()[1]
+
+        def connect() -> bool:
+            try:
+                socket.create_connection((c.host_ipv4, port), timeout=1.0).close()
+            except OSError:
+                return False
+            return True
+
+        return bool(_in_netns(c.netns, connect))
+
+
+def test_a_dormant_table_is_drift_and_reconcile_turns_it_back_on(names: Names) -> None:
+    """``flags dormant`` unhooks every base chain of our table while its sets, chains
+    and rules list exactly as before: the container reaches the host."""
+    with managed(names, make_policy(names, EGRESS)) as m:
+        c = m.up("alpha", ["agent"])
+        assert not _reaches_its_host_side(c)
+        subprocess.run(["nft", f"add table inet {names.table} {{ flags dormant; }}"], check=True)
+        assert _reaches_its_host_side(c)  # the hole is real
+        report = m.reconcile()
+        assert not report.table_in_sync
+        assert set(report.changed_chains) == {"input", "forward", "postrouting"}
+        assert report.repaired
+        assert not _reaches_its_host_side(c)
+        assert m.drift().in_sync
+        assert m.nft.live() == m.compiled().normalised()
