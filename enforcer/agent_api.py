@@ -361,6 +361,7 @@ ROUTES: tuple[ApiRoute, ...] = (
         "Ask the operator a question",
         body=_ASK,
         ok_status=201,
+        responses={429: "the agent already has OPEN_PER_AGENT open questions"},
     ),
     ApiRoute(
         "GET",
@@ -381,6 +382,7 @@ ROUTES: tuple[ApiRoute, ...] = (
         "Request the operator's approval",
         body=_APPROVAL,
         ok_status=201,
+        responses={429: "the agent already has OPEN_PER_AGENT pending approvals"},
     ),
     ApiRoute(
         "GET",

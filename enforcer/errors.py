@@ -14,6 +14,7 @@ __all__ = [
     "HiveError",
     "NotFound",
     "PayloadTooLarge",
+    "TooManyOpen",
     "Unauthorized",
     "Unavailable",
     "UnsupportedMediaType",
@@ -82,6 +83,13 @@ class UnsupportedMediaType(HiveError):
 
     status = 415
     code = "unsupported_media_type"
+
+
+class TooManyOpen(HiveError):
+    """An agent already has as many open questions (or pending approvals) as it may."""
+
+    status = 429
+    code = "too_many_open"
 
 
 class Unavailable(HiveError):

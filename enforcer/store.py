@@ -21,9 +21,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from enforcer.errors import Conflict, NotFound, Unavailable
+from enforcer.errors import Conflict, NotFound, TooManyOpen, Unavailable
 
 __all__ = [
+    "OPEN_PER_AGENT",
     "AgentRecord",
     "ApprovalRecord",
     "JournalEntry",
@@ -170,6 +171,24 @@ class JournalEntry:
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form."""
         return asdict(self)
+
+
+OPEN_PER_AGENT = 100
+"""Open questions, and pending approvals, one agent may have at once.
+
+Past it the agent gets 429 ``too_many_open`` until the operator answers or
+decides: one agent cannot bury the others' requests in the operator's lists,
+nor grow the database without bound.
+"""
+
+
+def _below_cap(db: sqlite3.Connection, table: str, open_: str, agent: str, what: str) -> None:
+    # table and open_ are constants of this module, never input.
+    row = db.execute(f"SELECT COUNT(*) FROM {table} WHERE agent=? AND {open_}", (agent,)).fetchone()  # noqa: S608
+    if int(row[0]) >= OPEN_PER_AGENT:
+        raise TooManyOpen(
+            f"{agent} already has {OPEN_PER_AGENT} {what}; wait for the operator to act on them"
+        )
 
 
 def _question(row: sqlite3.Row) -> QuestionRecord:
@@ -324,8 +343,9 @@ class Store:
     # --- questions --------------------------------------------------------------
 
     def ask(self, agent: str, text: str, options: tuple[str, ...]) -> QuestionRecord:
-        """Record a new open question from ``agent``."""
+        """Record a new open question from ``agent`` (:class:`TooManyOpen` past the cap)."""
         with self._tx() as db:
+            _below_cap(db, "questions", "answer IS NULL", agent, "open questions")
             cur = db.execute(
                 "INSERT INTO questions(agent, text, options, created_at) VALUES (?,?,?,?)",
                 (agent, text, json.dumps(list(options)), time.time()),
@@ -352,7 +372,10 @@ class Store:
         if agent is not None:
             sql += " AND agent=?"
             args.append(agent)
-        return [_question(r) for r in self._db.execute(sql + " ORDER BY id DESC LIMIT 500", args)]
+        # Open questions are bounded per agent (OPEN_PER_AGENT): all of them are
+        # listed, so no agent's flood can push another agent's out of a window.
+        limit = "" if status == "open" else " LIMIT 500"
+        return [_question(r) for r in self._db.execute(sql + " ORDER BY id DESC" + limit, args)]
 
     def answer(self, qid: int, answer: str) -> QuestionRecord:
         """Answer an open question; :class:`Conflict` if already answered."""
@@ -372,8 +395,9 @@ class Store:
     # --- approvals ----------------------------------------------------------------
 
     def request_approval(self, agent: str, action: str, detail: str) -> ApprovalRecord:
-        """Record a new pending approval request from ``agent``."""
+        """Record a new pending approval from ``agent`` (:class:`TooManyOpen` past the cap)."""
         with self._tx() as db:
+            _below_cap(db, "approvals", "decision IS NULL", agent, "pending approvals")
             cur = db.execute(
                 "INSERT INTO approvals(agent, action, detail, created_at) VALUES (?,?,?,?)",
                 (agent, action, detail, time.time()),
@@ -401,7 +425,15 @@ class Store:
         if agent is not None:
             sql += " AND agent=?"
             args.append(agent)
-        return [_approval(r) for r in self._db.execute(sql + " ORDER BY id DESC LIMIT 500", args)]
+        # Pending requests are bounded per agent (OPEN_PER_AGENT): all are listed.
+        limit = "" if status == "pending" else " LIMIT 500"
+        return [_approval(r) for r in self._db.execute(sql + " ORDER BY id DESC" + limit, args)]
+
+    def open_totals(self) -> tuple[int, int]:
+        """(open questions, pending approvals) over every agent."""
+        q = self._db.execute("SELECT COUNT(*) FROM questions WHERE answer IS NULL").fetchone()
+        a = self._db.execute("SELECT COUNT(*) FROM approvals WHERE decision IS NULL").fetchone()
+        return int(q[0]), int(a[0])
 
     def decide(self, aid: int, decision: str, reason: str | None) -> ApprovalRecord:
         """Approve or deny a pending request; :class:`Conflict` if already decided."""

@@ -88,8 +88,7 @@ def _render(
 ) -> web.Response:
     core = _core(request)
     notice_code = request.query.get("notice", "")
-    open_q = len(core.db.questions(status="open"))
-    pending = len(core.db.approvals(status="pending"))
+    open_q, pending = core.db.open_totals()
     full = {
         "title": title,
         "nav": nav,
