@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from enforcer.config import HiveConfig, load_config
 from enforcer.containers import NetnsBackend
@@ -61,6 +61,9 @@ from enforcer.priv_protocol import (
     encode_ok,
 )
 from netns.policy import NetworkPolicy
+
+if TYPE_CHECKING:  # netns.manager (pyroute2, nftables) is imported only where it runs
+    from netns.manager import DriftReport
 
 __all__ = [
     "NotSocketActivated",
@@ -140,6 +143,7 @@ class PrivServer:
         allowed_uids: frozenset[int],
         max_state_bytes: int,
         follower: Follower | None = None,
+        reconcile: Callable[[], DriftReport] | None = None,
     ) -> None:
         self.listener = listener
         self.backend = backend
@@ -147,8 +151,10 @@ class PrivServer:
         self.allowed_uids = allowed_uids
         self.max_state_bytes = max_state_bytes
         self.follower = follower
+        self.reconcile = reconcile
         self._stop = threading.Event()
         self._next_follow = 0.0
+        self._next_reconcile = time.monotonic() + RECONCILE_SECONDS
 
     def stop(self) -> None:
         """Make :meth:`serve_forever` return."""
@@ -159,6 +165,7 @@ class PrivServer:
         self.listener.settimeout(0.5)
         while not self._stop.is_set():
             self._poll_policy()
+            self._poll_isolation()
             try:
                 conn, _ = self.listener.accept()
             except TimeoutError:
@@ -179,6 +186,22 @@ class PrivServer:
         self._next_follow = time.monotonic() + FOLLOW_SECONDS
         with contextlib.suppress(OSError):
             self.follower.poll()
+
+    def _poll_isolation(self) -> None:
+        # The live table can vanish behind our back (`systemctl restart
+        # nftables` runs Debian's `flush ruleset`) or be changed (flags, rules);
+        # containers keep their links up meanwhile. Check every few seconds and
+        # repair: the whole table re-applied, drifted links re-made.
+        if self.reconcile is None or time.monotonic() < self._next_reconcile:
+            return
+        self._next_reconcile = time.monotonic() + RECONCILE_SECONDS
+        try:
+            report = self.reconcile()
+        except (HiveError, OSError) as e:
+            _log().error("isolation.repair_failed", reason=str(e))
+            return
+        if report.repaired:
+            _log().warning("isolation.repaired", drift=report.lines())
 
     def _poll_backend(self) -> None:
         # Reap agents that exited by themselves promptly (their exit status is
@@ -337,6 +360,10 @@ def _roles_of(engine: PolicyEngine, name: str) -> tuple[str, ...]:
     return tuple(policy.index.graph.subjects_of(principal))
 
 
+RECONCILE_SECONDS = 3.0
+"""How often hive-priv checks its live table and containers' links against what they must be."""
+
+
 def _same_network(network: NetworkPolicy) -> Callable[[Policy], None]:
     """Refuse to follow a version whose network section is not the one the table was built from."""
 
@@ -398,6 +425,7 @@ def run(args: argparse.Namespace) -> int:
         allowed_uids=frozenset({0, core_uid}),
         max_state_bytes=config.core.max_state_file_bytes,
         follower=Follower(engine, config.run_dir, check=_same_network(network)),
+        reconcile=manager.reconcile,
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.stop())
