@@ -27,7 +27,6 @@ import contextlib
 import ctypes
 import json
 import os
-import shutil
 import signal
 import socket
 import stat
@@ -291,6 +290,38 @@ def _enter_netns(path: Path) -> None:
             raise OSError(err, f"setns {path}: {os.strerror(err)}")
     finally:
         os.close(fd)
+
+
+REMOVE_TIMEOUT = 300.0
+
+
+def _remove_tree(path: Path, timeout: float = REMOVE_TIMEOUT) -> None:
+    """Remove ``path`` and everything beneath it, whatever the agent made there.
+
+    Not ``shutil.rmtree``: it recurses once per directory level, and an agent
+    can nest directories deeper than Python's recursion limit - the
+    ``RecursionError`` is no ``OSError`` (``ignore_errors`` does not catch
+    it) and left the destroy half done. GNU ``rm`` walks any depth without
+    one descriptor per level, never follows a symlink (``fts`` physical walk,
+    checking each directory's device and inode as it climbs back up) and,
+    with ``--one-file-system``, does not descend into another mount.
+    """
+    try:
+        out = subprocess.run(
+            ["rm", "-rf", "--one-file-system", "--", str(path)],
+            env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise HiveError(f"cannot remove {path}: still removing after {timeout:.0f} s") from e
+    except OSError as e:
+        raise HiveError(f"cannot remove {path}: {e}") from e
+    if out.returncode != 0 or os.path.lexists(path):
+        reason = out.stderr.decode(errors="replace").strip().splitlines()[:1]
+        raise HiveError(f"cannot remove {path}: {reason[0] if reason else 'rm failed'}")
 
 
 class NetnsBackend:
@@ -627,8 +658,10 @@ class NetnsBackend:
             os.chmod(path, mode, follow_symlinks=False)
 
     def _remove_dirs(self, rec: ContainerRecord) -> None:
+        # Raises if a tree stays: the record keeps its pending operation and
+        # names these directories, so a retry (or the next start) removes them.
         for made in reversed(rec.made_dirs):
-            shutil.rmtree(made, ignore_errors=True)  # fd-based: symlink-attack resistant
+            _remove_tree(Path(made))
         rec.made_dirs = []
 
     def _undo_create(self, rec: ContainerRecord) -> None:
@@ -784,37 +817,60 @@ class NetnsBackend:
     # --- recovery ------------------------------------------------------------------
 
     def recover(self) -> list[str]:
-        """Finish or undo every interrupted operation; return what was done."""
-        done = []
+        """Finish or undo every interrupted operation; return what was done.
+
+        One container whose recovery fails does not stop the others, nor
+        hive-priv's start: the failure is logged and returned, and its record
+        keeps its pending operation, so the next start (or a repeated
+        lifecycle request, e.g. destroy) tries again.
+        """
+        done: list[str] = []
+        failed: list[str] = []
         with self._lock:
             for rec in list(self._records.values()):
-                op = rec.pending
-                if op == "create":
-                    self._undo_create(rec)
-                    done.append(f"{rec.name}: undid interrupted create")
-                elif op == "destroy":
-                    self._finish_destroy(rec)
-                    done.append(f"{rec.name}: finished interrupted destroy")
-                elif op in {"start", "stop", "restart"}:
-                    self._terminate(rec)
-                    rec.state, rec.pending = "stopped", None
-                    done.append(f"{rec.name}: interrupted {op}: left stopped")
-                elif op in {"isolation.apply", "isolation.remove"}:
-                    self._terminate(rec)
-                    self._drop_isolation(rec)
-                    rec.state = "stopped" if rec.state == "running" else rec.state
-                    rec.pending = None
-                    done.append(f"{rec.name}: interrupted {op}: network removed")
-                elif rec.state == "running" and (
-                    not self._alive(rec) or self._netns_path(rec) is None
-                ):
-                    # Never a process without its namespace: kill it. It should
-                    # have been running and is not: failed (exit status
-                    # unknown - it was not this hive-priv's child).
-                    self._terminate(rec)
-                    rec.state, rec.exit_code = "failed", None
-                    done.append(f"{rec.name}: process gone or namespace missing: failed")
+                try:
+                    line = self._recover_one(rec)
+                except Exception as e:  # any one record must not wedge start-up
+                    reason = e.reason if isinstance(e, HiveError) else f"{type(e).__name__}: {e}"
+                    failed.append(f"{rec.name}: recovery of {rec.pending or rec.state} failed")
+                    _log().error(
+                        "container.recover_failed",
+                        agent=rec.name,
+                        pending=rec.pending,
+                        state=rec.state,
+                        reason=reason,
+                    )
+                else:
+                    if line is not None:
+                        done.append(line)
             self._save()
         for line in done:
             _log().warning("container.recovered", what=line)
-        return done
+        return done + failed
+
+    def _recover_one(self, rec: ContainerRecord) -> str | None:
+        op = rec.pending
+        if op == "create":
+            self._undo_create(rec)
+            return f"{rec.name}: undid interrupted create"
+        if op == "destroy":
+            self._finish_destroy(rec)
+            return f"{rec.name}: finished interrupted destroy"
+        if op in {"start", "stop", "restart"}:
+            self._terminate(rec)
+            rec.state, rec.pending = "stopped", None
+            return f"{rec.name}: interrupted {op}: left stopped"
+        if op in {"isolation.apply", "isolation.remove"}:
+            self._terminate(rec)
+            self._drop_isolation(rec)
+            rec.state = "stopped" if rec.state == "running" else rec.state
+            rec.pending = None
+            return f"{rec.name}: interrupted {op}: network removed"
+        if rec.state == "running" and (not self._alive(rec) or self._netns_path(rec) is None):
+            # Never a process without its namespace: kill it. It should
+            # have been running and is not: failed (exit status
+            # unknown - it was not this hive-priv's child).
+            self._terminate(rec)
+            rec.state, rec.exit_code = "failed", None
+            return f"{rec.name}: process gone or namespace missing: failed"
+        return None
