@@ -21,8 +21,10 @@ What the table says (``C`` = any container interface, set ``cont_if``):
   host interfaces, and 127.0.0.0/8 or ::1 reached through the veth when
   ``route_localnet`` is on, because all of them are delivered locally.
 - ``forward``: from ``C``: anything DNAT-ed (ports the host publishes),
-  anything to another ``C``, and anything with a source address that is not
-  the container's own (anti-spoofing via ``ifname . addr`` sets) is dropped;
+  anything to another ``C``, anything with a source address that is not
+  the container's own (anti-spoofing via ``ifname . addr`` sets), and
+  anything to a link-local address (169.254.0.0/16, fe80::/10: metadata
+  services; no egress grant covers them) is dropped;
   established/related traffic passes only for flows the container itself
   opened (``ct original saddr`` is its address on that interface); each egress entry
   accepts new connections from the interfaces in its own set to its
@@ -288,6 +290,24 @@ def compile_ruleset(
             "anti-spoofing ipv6",
             _FROM_C,
             _match({"concat": [_meta("iifname"), _payload("ip6", "saddr")]}, "@cont_src6", "!="),
+            {"drop": None},
+        ),
+        # Link-local destinations are the host's own link, never the outside
+        # world an egress grant speaks of - a cloud's metadata service
+        # (169.254.169.254: the host's credentials) lives there. A grant of
+        # 0.0.0.0/0 must not reach it, so no grant can.
+        _rule(
+            "forward",
+            "no link-local destination ipv4 (metadata services)",
+            _FROM_C,
+            _match(_payload("ip", "daddr"), {"prefix": {"addr": "169.254.0.0", "len": 16}}),
+            {"drop": None},
+        ),
+        _rule(
+            "forward",
+            "no link-local destination ipv6",
+            _FROM_C,
+            _match(_payload("ip6", "daddr"), {"prefix": {"addr": "fe80::", "len": 10}}),
             {"drop": None},
         ),
     ]

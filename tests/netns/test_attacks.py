@@ -618,6 +618,37 @@ def test_egress_is_exactly_what_the_policy_grants(lab: Lab) -> None:
         w80.close()
 
 
+def test_an_any_address_grant_does_not_reach_a_link_local_metadata_service(lab: Lab) -> None:
+    # alpha may send udp/53 to 0.0.0.0/0. A "metadata service" on a link-local
+    # address beyond the host (added to our own outside namespace, routed by a
+    # /32 on our own veth) is the host's link, not the outside world.
+    a = 1 + int(lab.names.token[:2], 16) % 160  # never 169.254.169.x, the real one
+    metadata = f"169.254.{a}.{1 + int(lab.names.token[2:4], 16) % 250}"
+    with IPRoute(netns=lab.prober.out_ns, flags=0) as ipn:
+        inner = ipn.link_lookup(ifname=lab.prober.out_if[:13] + "-i")[0]
+        ipn.addr("add", index=inner, address=metadata, prefixlen=32)
+    with IPRoute() as ipr:
+        ipr.route("add", dst=f"{metadata}/32", oif=ipr.link_lookup(ifname=lab.prober.out_if)[0])
+    w = Witness(lab.prober.out_ns, port=53)
+    try:
+
+        def send(dst: str) -> None:
+            def go() -> None:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.sendto(b"alpha>53", (dst, 53))
+
+            _in_netns(lab.ns(lab.alpha), go)
+
+        send(lab.out4)  # positive control: the grant works for the outside world
+        assert len(w.got(0.5)) == 1
+        send(metadata)
+        assert w.got() == []
+    finally:
+        w.close()
+        with IPRoute() as ipr, suppress(Exception):
+            ipr.route("del", dst=f"{metadata}/32", oif=ipr.link_lookup(ifname=lab.prober.out_if)[0])
+
+
 def test_icmp_echo_to_the_outside_is_not_granted_by_a_port_grant(lab: Lab) -> None:
     def ping() -> bool:
         with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
