@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 from enforcer.confined import read_agent_state_file
 from enforcer.errors import Conflict, HiveError, NotFound, Unavailable
+from enforcer.files import replace_file
 from enforcer.log import get_logger
 from enforcer.users import (
     AGENT_USER_PREFIX,
@@ -159,19 +160,7 @@ class RecordStore:
             {"version": 1, "containers": {n: asdict(r) for n, r in sorted(records.items())}},
             indent=1,
         ).encode()
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.write(fd, body)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        replace_file(self.path, body, mode=0o600)
 
 
 def _private_dir(path: Path) -> None:

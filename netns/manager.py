@@ -25,16 +25,16 @@ import errno
 import fcntl
 import json
 import os
-import secrets
 import stat
 import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from enforcer.errors import BadRequest, Conflict, HiveError, NotFound
+from enforcer.files import replace_file
 from enforcer.names import AGENT_NAME_RE
 from netns import links
 from netns.apply import Nft, NftError
@@ -317,23 +317,11 @@ class NetnsManager:
                 n: {"slot": r.slot, "roles": list(r.roles)} for n, r in self._inv.items()
             },
         }
-        body = json.dumps(data, indent=1, sort_keys=True).encode()
-        # A fresh name nobody can guess, created exclusively and never through
-        # a symlink: the run directory is writable by the core, which must not
-        # steer this write (or own the file it becomes).
-        tmp = self.state_path.with_name(f".{self.state_path.name}.{secrets.token_hex(8)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        try:
-            try:
-                os.write(fd, body)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.state_path)
-        except BaseException:
-            with suppress(OSError):
-                tmp.unlink()
-            raise
+        # Replaced whole under a fresh exclusive name (enforcer.files): the run
+        # directory is writable by the core, which must not steer this write.
+        replace_file(
+            self.state_path, json.dumps(data, indent=1, sort_keys=True).encode(), mode=0o644
+        )
 
     def names(self) -> list[str]:
         """Names of the containers in the inventory."""

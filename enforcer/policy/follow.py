@@ -26,13 +26,13 @@ built from: that takes a restart and ``netns reconcile``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from enforcer.files import replace_file
 from enforcer.log import get_logger
 from enforcer.policy.engine import NO_POLICY, Policy, PolicyEngine, ReloadResult
 
@@ -57,21 +57,8 @@ _REVISION = re.compile(r"[0-9a-f]{8,128}|" + NO_POLICY)
 
 def publish_revision(run_dir: Path, revision: str) -> None:
     """Record ``revision`` as the live one in ``run_dir`` (whole or not at all)."""
-    path = run_dir / REVISION_FILE
-    tmp = run_dir / f".{REVISION_FILE}.{os.getpid()}"
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()  # left by a crash of this very pid
-    try:
-        # Readable by the gateway's uid (a revision is no secret: GET /api/policy shows it).
-        # O_EXCL: never write through a name someone else put there.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(revision + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    # Readable by the gateway's uid (a revision is no secret: GET /api/policy shows it).
+    replace_file(run_dir / REVISION_FILE, (revision + "\n").encode("ascii"), mode=0o644)
 
 
 def published_revision(run_dir: Path) -> str | None:
