@@ -981,7 +981,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[_AGENTS] = agents
         app[_REGISTRY] = AgentRegistry(config, core_http)
         # Decide with the core's live policy version: follow its reloads.
-        follower = asyncio.create_task(follow(app[ENGINE], config.run_dir))
+        bound = {b.action for _route, b in authz.route_bindings(app) if b is not None}
+        follower = asyncio.create_task(follow(app[ENGINE], config.run_dir, keep=bound))
         try:
             yield
         finally:

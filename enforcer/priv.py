@@ -45,6 +45,7 @@ from enforcer.policy import AccessRequest, Policy, PolicyEngine, PolicyError
 from enforcer.policy.follow import FOLLOW_SECONDS, Follower
 from enforcer.priv_protocol import (
     MAX_REQUEST_BYTES,
+    REQUEST_TYPES,
     ContainerCreate,
     ContainerDestroy,
     ContainerRestart,
@@ -184,8 +185,11 @@ class PrivServer:
         if self.follower is None or time.monotonic() < self._next_follow:
             return
         self._next_follow = time.monotonic() + FOLLOW_SECONDS
-        with contextlib.suppress(OSError):
+        try:
             self.follower.poll()
+        except Exception:
+            # Never the accept loop's end: the next period tries again.
+            _log().exception("policy.follow_failed")
 
     def _poll_isolation(self) -> None:
         # The live table can vanish behind our back (`systemctl restart
@@ -197,8 +201,9 @@ class PrivServer:
         self._next_reconcile = time.monotonic() + RECONCILE_SECONDS
         try:
             report = self.reconcile()
-        except (HiveError, OSError) as e:
-            _log().error("isolation.repair_failed", reason=str(e))
+        except Exception as e:
+            # Logged and tried again next period; the accept loop goes on.
+            _log().error("isolation.repair_failed", reason=str(e) or repr(e))
             return
         if report.repaired:
             _log().warning("isolation.repaired", drift=report.lines())
@@ -424,7 +429,12 @@ def run(args: argparse.Namespace) -> int:
         engine,
         allowed_uids=frozenset({0, core_uid}),
         max_state_bytes=config.core.max_state_file_bytes,
-        follower=Follower(engine, config.run_dir, check=_same_network(network)),
+        follower=Follower(
+            engine,
+            config.run_dir,
+            check=_same_network(network),
+            keep={cls.ACTION for cls in REQUEST_TYPES.values()},
+        ),
         reconcile=manager.reconcile,
     )
     for sig in (signal.SIGTERM, signal.SIGINT):

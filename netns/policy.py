@@ -67,6 +67,8 @@ def parse_network_policy(text: str, source: str = "network.toml") -> NetworkPoli
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise NetworkPolicyError(f"{source}: invalid TOML: {e}") from e
+    except RecursionError as e:  # tomllib recurses per nesting level
+        raise NetworkPolicyError(f"{source}: invalid TOML: nested too deeply") from e
     _expect_keys(source, "top level", data, {"addressing", "egress"})
     addr = data.get("addressing", {})
     if not isinstance(addr, dict):

@@ -60,6 +60,8 @@ def parse_cases(
         data: dict[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         return [], [f"{source}: invalid TOML: {e}"]
+    except RecursionError:  # tomllib recurses per nesting level
+        return [], [f"{source}: invalid TOML: nested too deeply"]
     starts = [n for n, raw in enumerate(text.splitlines(), 1) if _HEADER.match(raw)]
     problems: list[str] = []
     extra = sorted(set(data) - {"case"})

@@ -41,6 +41,8 @@ def parse_catalogue(
         data: dict[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         return {}, {}, [f"{source}: invalid TOML: {e}"]
+    except RecursionError:  # tomllib recurses per nesting level
+        return {}, {}, [f"{source}: invalid TOML: nested too deeply"]
     lines = _header_lines(text)
     problems: list[str] = []
     extra = sorted(set(data) - {"action"})

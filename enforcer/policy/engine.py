@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ class ReloadResult:
     changed: bool = False
 
 
-def _check_catalogue_stays(live: Policy, new: Policy) -> None:
+def _check_catalogue_stays(live: Policy, new: Policy, keep: Iterable[str] | None = None) -> None:
     """Refuse a hot reload that removes or reclassifies a live action.
 
     Every daemon checked its routes against the catalogue at start-up (an
@@ -57,7 +57,10 @@ def _check_catalogue_stays(live: Policy, new: Policy) -> None:
     which checks the routes again. Adding actions is fine.
     """
     problems = []
+    kept = set(live.catalogue) if keep is None else set(keep)
     for name, spec in live.catalogue.items():
+        if name not in kept:
+            continue
         now = new.catalogue.get(name)
         if now is None:
             problems.append(
@@ -86,7 +89,11 @@ class PolicyEngine:
         self.reload()
 
     def reload(
-        self, *, expect: str | None = None, check: Callable[[Policy], None] | None = None
+        self,
+        *,
+        expect: str | None = None,
+        check: Callable[[Policy], None] | None = None,
+        keep: Iterable[str] | None = None,
     ) -> ReloadResult:
         """Load the directory again; keep the last good policy if the new one is invalid.
 
@@ -94,13 +101,17 @@ class PolicyEngine:
         exactly that revision: a process following another's live policy
         (:mod:`enforcer.policy.follow`) never takes files that changed since.
         ``check`` may refuse a valid version for the caller's own reasons (a
-        :class:`PolicyError`), before it goes live.
+        :class:`PolicyError`), before it goes live. ``keep`` names the actions
+        that may not be removed or reclassified (the ones this daemon's routes
+        bind); by default every live action. Anything but a clean
+        :class:`PolicyError` raised while loading (a bug, say) is a refusal too:
+        the live version stays, and the daemon keeps serving.
         """
         with self._reload_lock:  # one reload at a time; decisions never wait on it
             try:
                 policy = load_policy(self.directory)
                 if self.current is not None:
-                    _check_catalogue_stays(self.current, policy)
+                    _check_catalogue_stays(self.current, policy, keep)
                 if expect is not None and policy.revision != expect:
                     raise PolicyError(
                         f"{self.directory}: the files are at revision {policy.revision}, "
@@ -110,15 +121,10 @@ class PolicyEngine:
                 if check is not None:
                     check(policy)
             except PolicyError as e:
-                self.last_refusal = (time.time(), e.reason)
-                self._log.error(
-                    "policy.refused",
-                    directory=str(self.directory),
-                    reason=e.reason,
-                    problems=list(e.problems),
-                    live_revision=self.revision,
-                )
-                return ReloadResult(False, self.revision, e.reason)
+                return self._refused(e)
+            except Exception as e:
+                self._log.exception("policy.load_failed", directory=str(self.directory))
+                return self._refused(PolicyError(f"{self.directory}: cannot be loaded: {e!r}"))
             previous = self.revision
             # The swap: one reference assignment, atomic for readers.
             self.current = policy
@@ -132,6 +138,17 @@ class PolicyEngine:
                 roles=len(policy.roles),
             )
             return ReloadResult(True, policy.revision, None, previous != policy.revision)
+
+    def _refused(self, e: PolicyError) -> ReloadResult:
+        self.last_refusal = (time.time(), e.reason)
+        self._log.error(
+            "policy.refused",
+            directory=str(self.directory),
+            reason=e.reason,
+            problems=list(e.problems),
+            live_revision=self.revision,
+        )
+        return ReloadResult(False, self.revision, e.reason)
 
     @property
     def revision(self) -> str:

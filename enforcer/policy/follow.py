@@ -29,7 +29,7 @@ import asyncio
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from enforcer.files import replace_file
@@ -100,10 +100,16 @@ class Follower:
         run_dir: Path,
         *,
         check: Callable[[Policy], None] | None = None,
+        keep: Iterable[str] | None = None,
     ) -> None:
         self.engine = engine
         self.run_dir = run_dir
         self._check = check
+        # The actions this daemon's routes bind: only their removal or
+        # reclassification is this follower's concern. Comparing every action
+        # with its own live version instead would leave it behind for good
+        # once the core, restarted, dropped an action this daemon never used.
+        self._keep = None if keep is None else frozenset(keep)
         self._tried: str | None = None  # the published revision last tried and refused
         self._stamp: tuple[int, int] | None = None
         self._log = get_logger("policy.follow")
@@ -126,7 +132,7 @@ class Follower:
 
     def take(self, wanted: str) -> ReloadResult:
         """Reload expecting ``wanted``; log what came of it."""
-        result = self.engine.reload(expect=wanted, check=self._check)
+        result = self.engine.reload(expect=wanted, check=self._check, keep=self._keep)
         if result.ok:
             self._tried = None
             self._log.info("policy.followed", revision=result.revision)
@@ -142,11 +148,23 @@ class Follower:
         return None if wanted is None else self.take(wanted)
 
 
-async def follow(engine: PolicyEngine, run_dir: Path, *, every: float = FOLLOW_SECONDS) -> None:
+async def follow(
+    engine: PolicyEngine,
+    run_dir: Path,
+    *,
+    every: float = FOLLOW_SECONDS,
+    keep: Iterable[str] | None = None,
+) -> None:
     """Keep ``engine`` on the core's published revision; runs until cancelled."""
-    follower = Follower(engine, run_dir)
+    follower = Follower(engine, run_dir, keep=keep)
+    log = get_logger("policy.follow")
     while True:
         await asyncio.sleep(every)
-        wanted = follower.due()
-        if wanted is not None:
-            await asyncio.to_thread(follower.take, wanted)
+        try:
+            wanted = follower.due()
+            if wanted is not None:
+                await asyncio.to_thread(follower.take, wanted)
+        except Exception:
+            # Whatever went wrong this time, the next period tries again: a
+            # follower that stopped following would stay behind for good.
+            log.exception("policy.follow_failed")

@@ -23,6 +23,9 @@ __all__ = ["MAX_ROLE_DEPTH", "RoleGraph", "parse_policy_csv"]
 #: Longest role chain accepted. Casbin's role manager stops searching after 10
 #: hops; refusing deeper chains keeps the compiled index equal to Casbin.
 MAX_ROLE_DEPTH = 8
+# How far the role graph is walked down one chain: past it, the chain is only
+# "too deep" (walking on would only recurse towards Python's limit).
+_DESCENT_LIMIT = 64
 
 
 def parse_policy_csv(
@@ -162,6 +165,11 @@ class RoleGraph:
                         )
                     continue
                 if state.get(link.role) != 2:
+                    if len(stack) >= _DESCENT_LIMIT:
+                        # Far too deep to be valid: walk no further (a chain of
+                        # thousands of g lines would exhaust the recursion limit).
+                        best = max(best, _DESCENT_LIMIT)
+                        continue
                     stack.append(link)
                     visit(link.role)
                     stack.pop()
@@ -178,9 +186,11 @@ class RoleGraph:
             # Report each over-deep chain once, at the root member's first g line.
             if member not in held and depth.get(member, 0) > MAX_ROLE_DEPTH:
                 src = member_links[0].src
+                deep = depth[member]
+                told = f"more than {_DESCENT_LIMIT}" if deep >= _DESCENT_LIMIT else str(deep)
                 problems.append(
                     f"{src.file}:{src.line}: role chain from {member} is "
-                    f"{depth[member]} deep (at most {MAX_ROLE_DEPTH})"
+                    f"{told} deep (at most {MAX_ROLE_DEPTH})"
                 )
         return problems
 

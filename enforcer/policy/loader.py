@@ -10,6 +10,8 @@ problem is reported (``PolicyError.problems``), each naming file:line.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,12 +65,38 @@ def read_files(directory: Path) -> dict[str, str]:
     texts: dict[str, str] = {}
     for name in POLICY_FILES:
         try:
-            texts[name] = (directory / name).read_text(encoding="utf-8")
+            texts[name] = _read_policy_file(directory / name).decode("utf-8")
         except FileNotFoundError as e:
             raise PolicyUnreadable(f"{name}: missing from {directory}") from e
         except (OSError, UnicodeDecodeError) as e:
             raise PolicyUnreadable(f"{name}: unreadable: {e}") from e
     return texts
+
+
+MAX_POLICY_FILE_BYTES = 16 << 20
+"""A policy file larger than this is refused (a policy for 5000 agents is a few MiB)."""
+
+
+def _read_policy_file(path: Path) -> bytes:
+    # Only a regular file of bounded size: a FIFO would block the daemon (or
+    # the CLI) forever, a device such as /dev/zero would never end.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(f"not a regular file ({stat.filemode(st.st_mode)})")
+        if st.st_size > MAX_POLICY_FILE_BYTES:
+            raise OSError(f"larger than {MAX_POLICY_FILE_BYTES} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, 1 << 20):
+            size += len(chunk)
+            if size > MAX_POLICY_FILE_BYTES:
+                raise OSError(f"larger than {MAX_POLICY_FILE_BYTES} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def revision_of(texts: dict[str, str]) -> str:

@@ -19,10 +19,12 @@ from enforcer.config import default_policy_dir
 from enforcer.policy import AccessRequest, PolicyEngine, load_policy
 from enforcer.policy.follow import (
     REVISION_FILE,
+    Follower,
     follow,
     publish_revision,
     published_revision,
 )
+from tests.policy.test_hostile_files import deep_chain
 
 _HEALTH = AccessRequest("anonymous", "gateway", "health", "health.read")
 _GRANT = "p, anonymous, gateway, health, health.read\n"
@@ -166,3 +168,87 @@ def test_a_revision_file_that_is_not_a_regular_file_is_never_read(
     else:
         path.symlink_to("/dev/zero")
     assert published_revision(tmp_path) is None
+
+
+async def test_the_follower_keeps_following_after_a_version_it_could_not_load(
+    dirs: tuple[Path, Path],
+) -> None:
+    policy_dir, run = dirs
+    core, follower_engine = PolicyEngine(policy_dir), PolicyEngine(policy_dir)
+    good = (policy_dir / "policy.csv").read_text()
+    async with following(follower_engine, run):
+        deep_chain(policy_dir)  # mid-edit: the files are bad when the core publishes
+        publish_revision(run, "deadbeefdeadbeef")
+        await settle()
+        (policy_dir / "policy.csv").write_text(good)
+        deny_anonymous_health(policy_dir)
+        assert core.reload().ok
+        publish_revision(run, core.revision)
+        await settle()
+    assert follower_engine.revision == core.revision
+
+
+def _add_action(policy_dir: Path) -> None:
+    cat = policy_dir / "catalogue.toml"
+    cat.write_text(
+        cat.read_text() + '\n[action."extra.view"]\nclass = "operator"\nresource = "ui"\n'
+        'description = "x"\n'
+    )
+
+
+def _remove_action(policy_dir: Path) -> None:
+    cat = policy_dir / "catalogue.toml"
+    cat.write_text(
+        cat.read_text().replace(
+            '\n[action."extra.view"]\nclass = "operator"\nresource = "ui"\ndescription = "x"\n', ""
+        )
+    )
+
+
+def test_a_follower_takes_a_restarted_cores_version_that_drops_an_action_it_does_not_bind(
+    dirs: tuple[Path, Path],
+) -> None:
+    # Removing an action takes a restart of the core. A follower that compared
+    # every action with its own live version stayed behind for good after it;
+    # it only cares for the actions its own routes bind.
+    policy_dir, run = dirs
+    core = PolicyEngine(policy_dir)
+    follower_engine = PolicyEngine(policy_dir)
+    follower = Follower(follower_engine, run, keep={"health.read", "dashboard.view"})
+    _add_action(policy_dir)
+    assert core.reload().ok
+    publish_revision(run, core.revision)
+    follower.poll()
+    assert follower_engine.revision == core.revision
+    _remove_action(policy_dir)
+    deny_anonymous_health(policy_dir)
+    core = PolicyEngine(policy_dir)  # the core restarted on the new files
+    publish_revision(run, core.revision)
+    follower.poll()
+    assert follower_engine.revision == core.revision
+    assert not follower_engine.decide(_HEALTH).allowed
+
+
+def test_a_follower_still_refuses_to_lose_an_action_its_routes_bind(
+    dirs: tuple[Path, Path],
+) -> None:
+    policy_dir, run = dirs
+    follower_engine = PolicyEngine(policy_dir)
+    live = follower_engine.revision
+    follower = Follower(follower_engine, run, keep={"health.read"})
+    cat = policy_dir / "catalogue.toml"
+    text = cat.read_text()
+    start = text.index('[action."health.read"]')
+    end = text.index("[action.", start + 1)
+    cat.write_text(text[:start] + text[end:])  # the action its /health route binds
+    csv = policy_dir / "policy.csv"
+    csv.write_text("".join(x for x in csv.read_text().splitlines(True) if "health.read" not in x))
+    cases = policy_dir / "tests.toml"
+    blocks = cases.read_text().split("[[case]]")
+    cases.write_text("[[case]]".join(b for b in blocks if "health.read" not in b))
+    publish_revision(run, load_policy(policy_dir).revision)
+    result = follower.poll()
+    assert result is not None
+    assert not result.ok
+    assert follower_engine.revision == live
+    assert "health.read" in (result.error or "")
