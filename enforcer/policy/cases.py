@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from enforcer.policy.syntax import CHANNELS
+from enforcer.policy.syntax import CHANNELS, decoded_control_problem
 from enforcer.policy.types import AccessRequest, ActionSpec, Decision, SourceLine
 
 __all__ = ["Case", "CaseResult", "parse_cases", "run_cases"]
@@ -62,6 +62,8 @@ def parse_cases(
         return [], [f"{source}: invalid TOML: {e}"]
     except RecursionError:  # tomllib recurses per nesting level
         return [], [f"{source}: invalid TOML: nested too deeply"]
+    if (problem := decoded_control_problem(data, source)) is not None:
+        return [], [problem]
     starts = [n for n, raw in enumerate(text.splitlines(), 1) if _HEADER.match(raw)]
     problems: list[str] = []
     extra = sorted(set(data) - {"case"})

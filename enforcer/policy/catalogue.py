@@ -6,7 +6,7 @@ import re
 import tomllib
 from typing import Any
 
-from enforcer.policy.syntax import action_name_problem
+from enforcer.policy.syntax import action_name_problem, decoded_control_problem
 from enforcer.policy.types import ActionSpec, AuthorityClass
 
 __all__ = ["CLASS_CHANNEL", "parse_catalogue"]
@@ -43,6 +43,8 @@ def parse_catalogue(
         return {}, {}, [f"{source}: invalid TOML: {e}"]
     except RecursionError:  # tomllib recurses per nesting level
         return {}, {}, [f"{source}: invalid TOML: nested too deeply"]
+    if (problem := decoded_control_problem(data, source)) is not None:
+        return {}, {}, [problem]
     lines = _header_lines(text)
     problems: list[str] = []
     extra = sorted(set(data) - {"action"})

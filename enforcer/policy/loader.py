@@ -22,7 +22,7 @@ from enforcer.policy.index import CompiledIndex
 from enforcer.policy.invariants import invariant_problems
 from enforcer.policy.lines import RoleGraph, parse_policy_csv
 from enforcer.policy.model import model_problems
-from enforcer.policy.syntax import is_role
+from enforcer.policy.syntax import CONTROL_CHARACTER, is_role
 from enforcer.policy.types import AccessRequest, ActionSpec, Decision, Grant, RoleLink
 from netns.policy import NetworkPolicy, NetworkPolicyError, parse_network_policy
 
@@ -109,6 +109,17 @@ def revision_of(texts: dict[str, str]) -> str:
     return h.hexdigest()[:16]
 
 
+def _control_problem(name: str, text: str) -> str | None:
+    found = CONTROL_CHARACTER.search(text)
+    if found is None:
+        return None
+    line = text.count("\n", 0, found.start()) + 1
+    return (
+        f"{name}:{line}: control character U+{ord(found.group()):04X} "
+        "(policy files are plain text: only tab and line breaks)"
+    )
+
+
 def build_policy(
     texts: dict[str, str],
     directory: Path = Path("."),
@@ -119,6 +130,12 @@ def build_policy(
     """Validate and compile policy file texts; raise :class:`PolicyError` listing every
     problem. ``invariants=False`` exists only so tests can show the proof
     (``enforcer.policy.proof``) catching what the invariants would have refused."""
+    problems = [
+        problem for name in POLICY_FILES if (problem := _control_problem(name, texts[name]))
+    ]
+    if problems:
+        # Nothing is parsed past a hidden line break or a terminal escape.
+        raise PolicyError(problems[0], problems)
     problems = model_problems(texts["model.conf"])
     catalogue, _, cat_problems = parse_catalogue(texts["catalogue.toml"])
     problems += cat_problems

@@ -13,10 +13,12 @@ from enforcer.names import AGENT_NAME
 __all__ = [
     "AGENT_PATTERN",
     "CHANNELS",
+    "CONTROL_CHARACTER",
     "FIXED_PRINCIPALS",
     "SELF",
     "action_name_problem",
     "agent_name",
+    "decoded_control_problem",
     "is_principal",
     "is_role",
     "resource_owner",
@@ -86,3 +88,34 @@ def resource_owner(resource: str) -> str | None:
     """The agent a concrete resource belongs to (``agent:<name>`` or below it), else None."""
     m = _OWNER.match(resource)
     return m.group(1) if m else None
+
+
+CONTROL_CHARACTER = re.compile("[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f\\u2028\\u2029]")
+"""What a policy file may not hold: C0 controls but tab, newline and carriage
+return, DEL and C1 controls, and the Unicode line and paragraph separators.
+``str.splitlines()`` breaks lines at several of them where an editor, git or a
+reviewer sees none (a grant hidden in what reads as a comment), and terminal
+escapes in a case's text would repaint the CLI's output."""
+
+
+def decoded_control_problem(data: object, source: str) -> str | None:
+    """The first value of decoded TOML ``data`` holding a control character, as a problem.
+
+    TOML escapes (``"\\u001b"``) decode to the very characters the raw-text check
+    refuses, so the decoded values are checked too.
+    """
+    stack: list[tuple[str, object]] = [("", data)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            found = CONTROL_CHARACTER.search(value)
+            if found is not None:
+                return (
+                    f"{source}: {where or 'a value'}: control character "
+                    f"U+{ord(found.group()):04X} (plain text only)"
+                )
+        elif isinstance(value, dict):
+            stack.extend((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
+    return None
