@@ -154,7 +154,23 @@ async def _json(request: web.Request, schema: Schema) -> dict[str, Any]:
     core = _core(request)
     check_identity_encoding(request.headers.get("Content-Encoding"))
     raw = await request.read()
+    _still_registered(request)
     return parse_body(raw, schema, max_bytes=core.config.core.max_body_bytes)
+
+
+def _still_registered(request: web.Request) -> None:
+    """Refuse a request whose agent was removed (or replaced) while its body was coming.
+
+    The principal was checked before the handler ran, but reading a body takes
+    as long as the client likes: an agent destroyed meanwhile - and perhaps a
+    new agent registered under the same name - must not get a write in under
+    that name. Called right after the body is read; the write that follows
+    does not wait on anything, so nothing can change in between.
+    """
+    principal = request[authz.PRINCIPAL]
+    binding = principal.binding if isinstance(principal, AgentPrincipal) else None
+    if binding is None or _core(request).registry.agent(binding.name) is not binding:
+        raise Forbidden("this agent was removed while the request was being sent")
 
 
 def _wait_seconds(request: web.Request) -> float:
@@ -319,6 +335,7 @@ async def state_write(request: web.Request) -> web.Response:
         raise PayloadTooLarge(f"state files are limited to {limit} bytes")
     check_identity_encoding(request.headers.get("Content-Encoding"))
     data = await request.read()
+    _still_registered(request)
     write_state(_state_dir(core, me), rel, data, limit)
     core.db.log(me, "state.written", path=rel, size=len(data))
     core.events.publish("state.written", agent=me, path=rel)

@@ -296,12 +296,13 @@ take the operator's UI down.
 class _Counted(asyncio.Protocol):
     """Delegates to aiohttp's request handler; leaves ``live`` when the connection ends."""
 
-    __slots__ = ("_inner", "_live", "_registry", "data_received")
+    __slots__ = ("_inner", "_live", "_registry", "_transport", "data_received")
 
     def __init__(self, inner: asyncio.Protocol, live: set[object], registry: AgentRegistry) -> None:
         self._inner = inner
         self._live = live
         self._registry = registry
+        self._transport: asyncio.BaseTransport | None = None
         live.add(self)
         registry.track(inner)
         # Every request arrives through data_received: the handler's own bound
@@ -309,7 +310,14 @@ class _Counted(asyncio.Protocol):
         self.data_received = inner.data_received  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
         self._inner.connection_made(transport)
+
+    def abort(self) -> None:
+        """Cut the connection now (requests in flight on it end unanswered)."""
+        transport = self._transport
+        if isinstance(transport, asyncio.Transport):
+            transport.abort()
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received()
@@ -348,6 +356,12 @@ class _CappedSockSite(web.SockSite):
         self._registry = registry
         self._live: set[object] = set()
 
+    def abort_connections(self) -> None:
+        """Cut every connection still open on this site: its agent is being removed."""
+        for conn in list(self._live):
+            if isinstance(conn, _Counted):
+                conn.abort()
+
     def _protocol(self) -> asyncio.Protocol:
         if len(self._live) >= self._max_connections:
             return _Refused()
@@ -366,7 +380,7 @@ class _CappedSockSite(web.SockSite):
 
 @dataclass(slots=True)
 class _Site:
-    site: web.SockSite
+    site: _CappedSockSite
     path: Path
     key: str
 
@@ -415,6 +429,9 @@ class AgentSites:
         if entry is None:
             raise NotFound(f"agent {name!r} has no socket")
         self._registry.remove(entry.key)
+        # Connections still open would keep a request in flight for an agent
+        # that no longer exists (its body still coming): cut them.
+        entry.site.abort_connections()
         await entry.site.stop()
         await self._provider.close(name, entry.path)
 
