@@ -46,6 +46,7 @@ from typing import Any
 from enforcer.config import HiveConfig, default_policy_dir, load_config
 from enforcer.containers import processes_of_uid
 from enforcer.errors import HiveError
+from enforcer.files import replace_file
 from enforcer.priv import spawn_socket_activated
 from enforcer.priv_client import PrivClient
 from enforcer.sessions import (
@@ -275,6 +276,45 @@ def _connects_unix(path: Path) -> bool:
     return True
 
 
+def _listening_inodes(port: int) -> set[str]:
+    """Socket inodes listening on TCP ``port`` (any address), from /proc/net/tcp{,6}."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                # local address "ADDR:PORT" (hex), state 0A = LISTEN, inode is field 9
+                if (
+                    len(fields) > 9
+                    and fields[3] == "0A"
+                    and int(fields[1].split(":")[1], 16) == port
+                ):
+                    inodes.add(fields[9])
+    return inodes
+
+
+def _holds_listener(pid: int, port: int) -> bool:
+    """Whether process ``pid`` itself holds the socket listening on ``port``."""
+    wanted = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+    if not wanted:
+        return False
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
+                    return True
+    return False
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _connects_tcp(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=1):
@@ -335,9 +375,9 @@ class Demo:
 
     def _record_pids(self) -> None:
         data = {n: [p.pid, _proc_start(p.pid)] for n, p in self.procs.items()}
-        tmp = self.pidfile.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        tmp.replace(self.pidfile)
+        # RUN is root:hive-core 1775: never written through a name the core
+        # could have planted (a symlink, or a file of its own to edit later).
+        replace_file(self.pidfile, json.dumps(data).encode(), mode=0o600)
 
     # --- start-up ------------------------------------------------------------------
 
@@ -384,6 +424,8 @@ class Demo:
     def cleanup_leftovers(self) -> None:
         """What a crashed earlier run may have left: only what the demo owns."""
         with contextlib.suppress(OSError, ValueError):
+            if self.pidfile.lstat().st_uid != 0 or not self.pidfile.is_file():
+                raise ValueError("not root's own pid file: its pids are not trusted")
             for pid, start in json.loads(self.pidfile.read_text()).values():
                 # Only the very process we started: same pid *and* start time.
                 if start is not None and _proc_start(int(pid)) == start:
@@ -443,11 +485,13 @@ class Demo:
             d.mkdir(exist_ok=True)
             os.chown(d, 0, 0)
             os.chmod(d, 0o755)  # noqa: S103 - agents traverse it; no secrets
-        self.opts.config_path.write_text(render_config(self.opts))
-        os.chmod(self.opts.config_path, 0o644)
+        replace_file(self.opts.config_path, render_config(self.opts).encode(), mode=0o644)
+        os.chmod(self.opts.config_path, 0o644)  # whatever the umask
         token_file = self.config.operator_token_file
-        load_or_create_token(token_file)
-        os.chown(token_file, self.gateway_user.uid, self.gateway_user.gid)
+        # The gateway's own (an earlier demo's) or a new one; never one another
+        # account (the core's, say) put there.
+        load_or_create_token(token_file, owners=(self.gateway_user.uid,))
+        os.chown(token_file, self.gateway_user.uid, self.gateway_user.gid, follow_symlinks=False)
         # The gateway's own directory (session key, revocations): its workers
         # create what is in it, but may not create it in STATE (root:hive-core).
         # A fresh demo starts with no sessions (and no files of an old uid).
@@ -555,10 +599,18 @@ class Demo:
     def start_gateway(self) -> None:
         """The gateway as its user, on the demo's origin."""
         assert self.gateway_user is not None
+        host, port = self.opts.host, self.opts.port
+        # The operator token is sent to this port next: it must be our gateway
+        # listening there, never a process someone else started on it first.
+        if not _port_free(host, port):
+            raise DemoError(
+                f"{host}:{port} is already in use by another process: the demo will not "
+                "send the operator token there (stop it, or pick another port)"
+            )
         proc = self._spawn_as("gateway", self.gateway_user, ["gateway"])
         _wait_for(
             f"the gateway (log: {self.opts.log_dir / 'gateway.log'})",
-            lambda: _connects_tcp(self.opts.host, self.opts.port),
+            lambda: _holds_listener(proc.pid, port) and _connects_tcp(host, port),
             self.opts.timeout,
             lambda: proc.poll() is None,
         )

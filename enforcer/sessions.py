@@ -52,7 +52,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,21 +131,22 @@ def tokens_equal(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("ascii"), expected.encode("utf-8"))
 
 
-def load_or_create_token(path: Path) -> str:
+def load_or_create_token(path: Path, *, owners: Collection[int] = ()) -> str:
     """The operator token at ``path``, generated (mode 0600) if the file does not exist.
 
     Published whole (:func:`_publish_private`): gateways starting together
-    agree on one token, and none reads a half-written file.
+    agree on one token, and none reads a half-written file. An existing file
+    must belong to this process's uid, root, or one of ``owners``.
     """
     try:
-        return _read_token(path)
+        return _read_token(path, owners)
     except FileNotFoundError:
         pass
     _publish_private(
         path, secrets.token_urlsafe(_TOKEN_BYTES), "the operator token file", TokenFileError
     )
     try:
-        return _read_token(path)
+        return _read_token(path, owners)
     except FileNotFoundError as e:
         raise TokenFileError(f"{path}: the operator token file vanished while it was made") from e
 
@@ -179,8 +180,15 @@ def _publish_private(path: Path, text: str, what: str, error: type[HiveError]) -
             os.unlink(temp)
 
 
-def _read_private(path: Path, what: str, error: type[HiveError], fix: str, limit: int) -> bytes:
-    """Up to ``limit`` bytes of ``path``, a regular file only its owner can read.
+def _read_private(
+    path: Path,
+    what: str,
+    error: type[HiveError],
+    fix: str,
+    limit: int,
+    owners: Collection[int] = (),
+) -> bytes:
+    """Up to ``limit`` bytes of ``path``, a regular file of ours (or root's) only its owner reads.
 
     Symlinks are refused (``O_NOFOLLOW``); ``FileNotFoundError`` passes
     through; anything else wrong raises ``error`` naming ``what`` (and ``fix``
@@ -196,6 +204,13 @@ def _read_private(path: Path, what: str, error: type[HiveError], fix: str, limit
         info = os.fstat(f.fileno())
         if not stat.S_ISREG(info.st_mode):
             raise error(f"{path}: {what} is not a regular file")
+        if info.st_uid not in {0, os.geteuid(), *owners}:
+            # Someone else made it (in STATE, the core's uid could have): a
+            # secret another account chose, and may know, is never adopted.
+            raise error(
+                f"{path}: {what} belongs to uid {info.st_uid}, not to this process or root; "
+                "remove it (a new one is made) after checking who wrote it"
+            )
         _owner_only(path, info, f"{what} is readable by others", fix, error)
         return f.read(limit)
 
@@ -208,9 +223,11 @@ def _owner_only(
         raise error(f"{path}: {problem} (mode {stat.S_IMODE(info.st_mode):04o}); {fix}")
 
 
-def _read_token(path: Path) -> str:
+def _read_token(path: Path, owners: Collection[int] = ()) -> str:
     """The token at ``path``; FileNotFoundError when absent, TokenFileError when unusable."""
-    raw = _read_private(path, "the operator token file", TokenFileError, "chmod 600 it", 4096)
+    raw = _read_private(
+        path, "the operator token file", TokenFileError, "chmod 600 it", 4096, owners
+    )
     try:
         token = raw.decode("ascii").strip()
     except UnicodeDecodeError as e:

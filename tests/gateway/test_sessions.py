@@ -40,6 +40,20 @@ def test_a_token_file_others_can_read_is_refused(tmp_path: Path) -> None:
         load_or_create_token(path)
 
 
+def test_a_token_file_another_account_made_is_refused_not_adopted(tmp_path: Path) -> None:
+    # In STATE (root:hive-core 1775) the core's uid could plant the token it
+    # wants the operator to use; found by an attack review.
+    from tests.conftest import require_root
+
+    require_root()
+    path = tmp_path / "operator-token"
+    path.write_text("a-token-the-core-knows-0123456789\n")
+    path.chmod(0o600)
+    os.chown(path, 64123, 64123)  # an unused uid standing for the core's
+    with pytest.raises(TokenFileError, match="belongs to uid 64123"):
+        load_or_create_token(path)
+
+
 def test_a_symlinked_token_file_is_refused(tmp_path: Path) -> None:
     real = tmp_path / "real"
     load_or_create_token(real)
