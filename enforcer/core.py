@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -168,6 +169,20 @@ async def serve(config: HiveConfig, app: web.Application | None = None) -> web.A
     return runner
 
 
+def _raise_fd_limit() -> None:
+    """Use the hard file limit (at most 65536): every agent connection is a descriptor.
+
+    Agents' connections all together stay below the limit anyway
+    (:class:`enforcer.transport.AgentSites`); the higher it is, the more agents
+    can hold long polls before any is refused.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``hive-boundary core``."""
     parser.add_argument("--config", type=Path, help="hive.toml (default /etc/hive/hive.toml)")
@@ -189,6 +204,7 @@ def run(config: HiveConfig | argparse.Namespace) -> int:
             return 2
     cfg = config
     log = get_logger("enforcer.core")
+    _raise_fd_limit()
 
     async def main() -> None:
         runner = await serve(cfg)

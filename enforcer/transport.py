@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import secrets
 import socket
 import struct
@@ -162,6 +163,10 @@ class AgentRegistry:
         if binding is not None:
             self._by_name.pop(binding.name, None)
 
+    def paths(self) -> dict[str, AgentBinding]:
+        """Listening socket path (as the kernel names it) -> agent, a copy."""
+        return dict(self._by_path)
+
     def agent(self, name: str) -> AgentBinding | None:
         """The live binding of agent ``name``, if it has a socket."""
         return self._by_name.get(name)
@@ -293,17 +298,34 @@ take the operator's UI down.
 """
 
 
+FD_RESERVE = 128
+"""File descriptors the core keeps out of agents' reach (core.sock, SQLite, files)."""
+
+
+def _soft_nofile() -> int:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
 class _Counted(asyncio.Protocol):
     """Delegates to aiohttp's request handler; leaves ``live`` when the connection ends."""
 
-    __slots__ = ("_inner", "_live", "_registry", "_transport", "data_received")
+    __slots__ = ("_all", "_inner", "_live", "_registry", "_transport", "data_received")
 
-    def __init__(self, inner: asyncio.Protocol, live: set[object], registry: AgentRegistry) -> None:
+    def __init__(
+        self,
+        inner: asyncio.Protocol,
+        live: set[object],
+        registry: AgentRegistry,
+        every: set[object],
+    ) -> None:
         self._inner = inner
         self._live = live
+        self._all = every
         self._registry = registry
         self._transport: asyncio.BaseTransport | None = None
         live.add(self)
+        every.add(self)
         registry.track(inner)
         # Every request arrives through data_received: the handler's own bound
         # method in a slot, not a delegating method (one Python call per request).
@@ -330,6 +352,7 @@ class _Counted(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._live.discard(self)
+        self._all.discard(self)
         self._registry.forget(self._inner)
         self._inner.connection_lost(exc)
 
@@ -350,11 +373,15 @@ class _CappedSockSite(web.SockSite):
         sock: socket.socket,
         max_connections: int,
         registry: AgentRegistry,
+        every: set[object],
+        room: Callable[[], bool],
     ) -> None:
         super().__init__(runner, sock)
         self._max_connections = max_connections
         self._registry = registry
         self._live: set[object] = set()
+        self._every = every  # every agent connection, all sites together
+        self._room = room
 
     def abort_connections(self) -> None:
         """Cut every connection still open on this site: its agent is being removed."""
@@ -363,11 +390,11 @@ class _CappedSockSite(web.SockSite):
                 conn.abort()
 
     def _protocol(self) -> asyncio.Protocol:
-        if len(self._live) >= self._max_connections:
+        if len(self._live) >= self._max_connections or not self._room():
             return _Refused()
         server = self._runner.server
         assert server is not None
-        return _Counted(server(), self._live, self._registry)
+        return _Counted(server(), self._live, self._registry, self._every)
 
     async def start(self) -> None:
         # web.SockSite.start with our factory in place of the runner's server.
@@ -394,12 +421,16 @@ class AgentSites:
         registry: AgentRegistry,
         provider: SocketProvider,
         path_of: Callable[[str], Path],
+        *,
+        fd_limit: int | None = None,
     ) -> None:
         self._runner = runner
         self._registry = registry
         self._provider = provider
         self._path_of = path_of
         self._sites: dict[str, _Site] = {}
+        self._every: set[object] = set()
+        self._fd_limit = fd_limit if fd_limit is not None else _soft_nofile()
 
     async def add(self, name: str, uid: int) -> Path:
         """Open ``name``'s socket and start serving the agent surface on it."""
@@ -413,7 +444,9 @@ class AgentSites:
         # sockname: the name the listener was bound under (which may be a
         # temporary name renamed into place, or hive-priv's path).
         self._registry.add(key, name, uid)
-        site = _CappedSockSite(self._runner, sock, MAX_AGENT_CONNECTIONS, self._registry)
+        site = _CappedSockSite(
+            self._runner, sock, MAX_AGENT_CONNECTIONS, self._registry, self._every, self._room
+        )
         try:
             await site.start()
         except BaseException:
@@ -422,6 +455,14 @@ class AgentSites:
             raise
         self._sites[name] = _Site(site, path, key)
         return path
+
+    def _room(self) -> bool:
+        # All agents' connections together stay below the core's file limit,
+        # minus one listener per agent and a reserve for core.sock (the
+        # operator's way in), SQLite and the state files: a few agents each
+        # within their own cap must not lock the operator out.
+        budget = self._fd_limit - FD_RESERVE - len(self._sites)
+        return len(self._every) < budget
 
     async def remove(self, name: str) -> None:
         """Stop ``name``'s site, forget it, remove its socket file."""

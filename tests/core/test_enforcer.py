@@ -9,6 +9,9 @@ import re
 import shutil
 from pathlib import Path
 
+import aiohttp
+import pytest
+
 from enforcer import authz
 from enforcer.config import default_policy_dir
 from tests.core.conftest import make_config, start_core
@@ -77,14 +80,23 @@ async def test_removing_an_agent_refuses_its_open_connections(
     core = await start_core(make_config(*hive_dirs))
     try:
         await core.register("alpha")
+        binding = core.state.registry.agent("alpha")
+        assert binding is not None
         async with core.agent("alpha") as agent:
             # Admitted once on this keep-alive connection...
             assert (await agent.get("/v1/whoami")).status == 200
-            await core.state.agent_sites.remove("alpha")
-            # ...and refused on the same connection once the agent is gone.
+            # ...and refused on the same connection once its registration is
+            # gone (the per-request check of an admitted connection).
+            key = next(k for k, b in core.state.registry.paths().items() if b is binding)
+            core.state.registry.remove(key)
             resp = await agent.get("/v1/whoami")
             assert resp.status == 403
             assert "no registered agent" in (await resp.json())["reason"]
+            # Removing the agent's site also cuts the connection itself.
+            core.state.registry.add(key, "alpha", binding.uid)
+            await core.state.agent_sites.remove("alpha")
+            with pytest.raises(aiohttp.ClientError):
+                await agent.get("/v1/whoami")
     finally:
         await core.runner.cleanup()
 
