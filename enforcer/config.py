@@ -100,12 +100,25 @@ class GatewayConfig:
     def __post_init__(self) -> None:
         if isinstance(self.workers, bool) or not 1 <= self.workers <= 64:
             raise ConfigError(f"[gateway] workers must be 1..64, got {self.workers!r}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            # One without the other would serve plain HTTP under an https origin
+            # (and a cookie not marked Secure).
+            raise ConfigError("[gateway] tls_cert and tls_key go together: set both or neither")
+        if isinstance(self.port, bool) or not 1 <= self.port <= 65535:
+            raise ConfigError(f"[gateway] port must be 1..65535, got {self.port!r}")
 
     @property
     def origin(self) -> str:
-        """The one origin the operator's browser uses (scheme://host:port)."""
+        """The one origin the operator's browser uses, as the browser writes it.
+
+        ``scheme://host[:port]``: an IPv6 host in brackets, the port left out
+        when it is the scheme's default (browsers send ``Origin`` so, and the
+        gateway compares it exactly).
+        """
         scheme = "https" if self.tls_cert else "http"
-        return f"{scheme}://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if scheme == "https" else 80
+        return f"{scheme}://{host}" if self.port == default else f"{scheme}://{host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from enforcer.config import ConfigError, HiveConfig, load_config
+from enforcer.config import ConfigError, GatewayConfig, HiveConfig, load_config
 
 
 def test_missing_default_config_means_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -43,3 +43,31 @@ def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, fragment: str) -
 def test_explicit_missing_config_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such configuration file"):
         load_config(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "tls", "origin"),
+    [
+        ("127.0.0.1", 8080, False, "http://127.0.0.1:8080"),
+        ("127.0.0.1", 80, False, "http://127.0.0.1"),
+        ("hive.example", 443, True, "https://hive.example"),
+        ("hive.example", 8443, True, "https://hive.example:8443"),
+        ("::1", 8080, False, "http://[::1]:8080"),
+    ],
+)
+def test_the_origin_is_written_as_a_browser_sends_it(
+    host: str, port: int, tls: bool, origin: str
+) -> None:
+    # Found by an attack review: ::1, or a default port, gave an origin no
+    # browser sends, and every login was refused.
+    cert = {"tls_cert": Path("/c.pem"), "tls_key": Path("/k.pem")} if tls else {}
+    assert GatewayConfig(host=host, port=port, **cert).origin == origin  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"tls_cert": Path("/c.pem")}, {"tls_key": Path("/k.pem")}, {"port": 0}, {"port": 70000}],
+)
+def test_a_gateway_setting_that_cannot_work_is_refused(settings: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        GatewayConfig(**settings)  # type: ignore[arg-type]
