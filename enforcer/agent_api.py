@@ -107,6 +107,36 @@ def write_state(state_dir: Path, rel: str, data: bytes, max_bytes: int) -> None:
         write_confined(root, rel, data, max_bytes=max_bytes, make_parents=True, mode=0o600)
 
 
+def state_usage(state_dir: Path) -> tuple[int, int, dict[str, int]]:
+    """(entries, bytes, size by relative path of each file) of ``state_dir``, symlinks not followed.
+
+    Walked with an explicit stack: an agent's tree may be nested any depth.
+    """
+    entries = total = 0
+    sizes: dict[str, int] = {}
+    stack: list[tuple[Path, str]] = [(state_dir, "")]
+    while stack:
+        directory, prefix = stack.pop()
+        try:
+            it = os.scandir(directory)
+        except OSError:
+            continue
+        with it:
+            for entry in it:
+                entries += 1
+                rel = f"{prefix}{entry.name}"
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    total += st.st_size
+                    sizes[rel] = st.st_size
+                elif stat.S_ISDIR(st.st_mode):
+                    stack.append((Path(entry.path), f"{rel}/"))
+    return entries, total, sizes
+
+
 def list_state(state_dir: Path) -> list[dict[str, Any]]:
     """Regular files beneath ``state_dir`` (path, size, mtime); symlinks are not followed."""
     out: list[dict[str, Any]] = []
@@ -325,6 +355,25 @@ async def state_read(request: web.Request) -> web.Response:
     return web.Response(body=data, content_type="application/octet-stream")
 
 
+def _within_quota(core: CoreState, state_dir: Path, rel: str, size: int) -> None:
+    """Refuse a write that would take ``state_dir`` past the agent's quota (413)."""
+    limits = core.config.core
+    entries, total, sizes = state_usage(state_dir)
+    replaced = sizes.get(rel)
+    if total - (replaced or 0) + size > limits.max_state_bytes_per_agent:
+        raise PayloadTooLarge(
+            f"state/ is limited to {limits.max_state_bytes_per_agent} bytes per agent "
+            f"({total} used)"
+        )
+    # A new file may also make its missing parent directories: count those too.
+    new_entries = 0 if replaced is not None else rel.count("/") + 1
+    if entries + new_entries > limits.max_state_entries_per_agent:
+        raise PayloadTooLarge(
+            f"state/ is limited to {limits.max_state_entries_per_agent} files and directories "
+            f"per agent ({entries} used)"
+        )
+
+
 async def state_write(request: web.Request) -> web.Response:
     """Replace one file of one's own ``state/`` with the request body (atomic)."""
     me = _me(request)
@@ -334,8 +383,12 @@ async def state_write(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"state files are limited to {limit} bytes")
     check_identity_encoding(request.headers.get("Content-Encoding"))
+    if any(part.startswith(".") and part.endswith(".tmp") for part in rel.split("/")):
+        # The atomic write's own temporary names, which listings leave out.
+        raise BadRequest("names of the form .<name>.tmp are reserved")
     data = await request.read()
     _still_registered(request)
+    _within_quota(core, _state_dir(core, me), rel, len(data))
     write_state(_state_dir(core, me), rel, data, limit)
     core.db.log(me, "state.written", path=rel, size=len(data))
     core.events.publish("state.written", agent=me, path=rel)

@@ -72,6 +72,10 @@ class CoreConfig:
     gateway_uid: int | None = None
     max_body_bytes: int = 1 << 20
     max_state_file_bytes: int = 4 << 20
+    # One agent's whole state/ (bytes and entries): one agent cannot fill the
+    # disk that holds hive.db and every other agent's state.
+    max_state_bytes_per_agent: int = 256 << 20
+    max_state_entries_per_agent: int = 10000
     long_poll_max_seconds: float = 60.0
 
     def __post_init__(self) -> None:

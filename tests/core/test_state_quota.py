@@ -1,0 +1,64 @@
+"""One agent's state/ has a quota in bytes and entries: it cannot fill the core's disk.
+
+Found by an attack review: state files were limited one by one, not in number
+or total, on the filesystem that also holds ``hive.db``; one agent wrote about
+180 MB/s until every write of every agent (and the operator's) failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.core.conftest import Core, make_config, start_core
+
+
+@pytest.fixture
+async def quota_core(hive_dirs: tuple[Path, Path]) -> AsyncIterator[Core]:
+    core = await start_core(
+        make_config(*hive_dirs, max_state_bytes_per_agent=10_000, max_state_entries_per_agent=5)
+    )
+    try:
+        await core.register("alpha")
+        await core.register("beta")
+        yield core
+    finally:
+        await core.runner.cleanup()
+
+
+async def _put(core: Core, agent: str, path: str, size: int) -> int:
+    async with (
+        core.agent(agent) as client,
+        client.put(f"/v1/state/{path}", data=b"x" * size) as resp,
+    ):
+        return resp.status
+
+
+async def test_writes_past_the_byte_quota_are_refused_and_replacing_counts_once(
+    quota_core: Core,
+) -> None:
+    core = quota_core
+    assert await _put(core, "alpha", "a", 6000) == 200
+    assert await _put(core, "alpha", "b", 3000) == 200
+    assert await _put(core, "alpha", "c", 2000) == 413  # 11000 > 10000
+    assert await _put(core, "alpha", "a", 7000) == 200  # replaces 6000: 10000 in all
+    assert not (core.config.agent_dir("alpha") / "state" / "c").exists()
+    assert await _put(core, "beta", "c", 9000) == 200  # another agent's quota is its own
+
+
+async def test_entries_past_the_quota_are_refused(quota_core: Core) -> None:
+    core = quota_core
+    for i in range(5):
+        assert await _put(core, "alpha", f"f{i}", 1) == 200
+    assert await _put(core, "alpha", "f5", 1) == 413
+    assert await _put(core, "alpha", "deep/new/file", 1) == 413
+    assert await _put(core, "alpha", "f0", 2) == 200  # an existing file may change
+
+
+async def test_the_atomic_writes_temporary_names_are_reserved(quota_core: Core) -> None:
+    # Listings leave .<name>.tmp out (an atomic write in flight): an agent must
+    # not keep files the operator never sees listed.
+    assert await _put(quota_core, "alpha", ".hidden.tmp", 1) == 400
+    assert await _put(quota_core, "alpha", "dir/.x.tmp", 1) == 400
