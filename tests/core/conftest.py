@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pwd
 import secrets
@@ -78,16 +79,23 @@ async def start_core(config: HiveConfig, instrument: Instrument | None = None) -
     return Core(config, app, runner)
 
 
-@pytest.fixture
-async def core(hive_dirs: tuple[Path, Path]) -> AsyncIterator[Core]:
-    """A core on a fresh run/state directory; agents 'alpha' and 'beta' (this uid)."""
-    c = await start_core(make_config(*hive_dirs))
+@contextlib.asynccontextmanager
+async def running_core(config: HiveConfig) -> AsyncIterator[Core]:
+    """A core on ``config`` with agents 'alpha' and 'beta' (this uid), stopped afterwards."""
+    c = await start_core(config)
     try:
         await c.register("alpha")
         await c.register("beta")
         yield c
     finally:
         await c.runner.cleanup()
+
+
+@pytest.fixture
+async def core(hive_dirs: tuple[Path, Path]) -> AsyncIterator[Core]:
+    """A core on a fresh run/state directory; agents 'alpha' and 'beta' (this uid)."""
+    async with running_core(make_config(*hive_dirs)) as c:
+        yield c
 
 
 def let_others_traverse(config: HiveConfig) -> None:

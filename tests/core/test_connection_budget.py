@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from enforcer import transport
-from tests.core.conftest import Core, make_config, start_core
+from tests.core.conftest import Core, make_config, running_core
 
 BUDGET = 6  # agent connections, all agents together
 
@@ -28,13 +28,8 @@ async def small_core(
     # A core whose descriptor limit leaves room for BUDGET agent connections
     # (two agents: two listeners).
     monkeypatch.setattr(transport, "_soft_nofile", lambda: transport.FD_RESERVE + 2 + BUDGET)
-    core = await start_core(make_config(*hive_dirs))
-    try:
-        await core.register("alpha")
-        await core.register("beta")
+    async with running_core(make_config(*hive_dirs)) as core:
         yield core
-    finally:
-        await core.runner.cleanup()
 
 
 async def _whoami(path: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:

@@ -12,20 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.core.conftest import Core, make_config, start_core
+from tests.core.conftest import Core, make_config, running_core
 
 
 @pytest.fixture
 async def quota_core(hive_dirs: tuple[Path, Path]) -> AsyncIterator[Core]:
-    core = await start_core(
-        make_config(*hive_dirs, max_state_bytes_per_agent=10_000, max_state_entries_per_agent=5)
+    config = make_config(
+        *hive_dirs, max_state_bytes_per_agent=10_000, max_state_entries_per_agent=5
     )
-    try:
-        await core.register("alpha")
-        await core.register("beta")
+    async with running_core(config) as core:
         yield core
-    finally:
-        await core.runner.cleanup()
 
 
 async def _put(core: Core, agent: str, path: str, size: int) -> int:
