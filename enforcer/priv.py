@@ -163,10 +163,13 @@ class PrivServer:
 
     def serve_forever(self) -> None:
         """Accept until :meth:`stop`; also notices agents that exited by themselves."""
+        # Following the policy (a load compiles it) and checking the table (an
+        # nft listing, every container's links) take time: a thread of their
+        # own, so that accepting requests never waits behind them.
+        keeper = threading.Thread(target=self._housekeeping, name="priv-housekeeping", daemon=True)
+        keeper.start()
         self.listener.settimeout(0.5)
         while not self._stop.is_set():
-            self._poll_policy()
-            self._poll_isolation()
             try:
                 conn, _ = self.listener.accept()
             except TimeoutError:
@@ -178,17 +181,21 @@ class PrivServer:
                 continue
             threading.Thread(target=self._serve_conn, args=(conn,), daemon=True).start()
 
+    def _housekeeping(self) -> None:
+        while not self._stop.wait(0.5):
+            self._poll_policy()
+            self._poll_isolation()
+
     def _poll_policy(self) -> None:
-        # Follow the core's live policy revision (at most once a period, also
-        # while connections keep arriving). A load runs in this thread: the
-        # requests being served meanwhile decide with the version still live.
+        # Follow the core's live policy revision (at most once a period). The
+        # requests served meanwhile decide with the version still live.
         if self.follower is None or time.monotonic() < self._next_follow:
             return
         self._next_follow = time.monotonic() + FOLLOW_SECONDS
         try:
             self.follower.poll()
         except Exception:
-            # Never the accept loop's end: the next period tries again.
+            # Never the housekeeping's end: the next period tries again.
             _log().exception("policy.follow_failed")
 
     def _poll_isolation(self) -> None:
@@ -202,7 +209,7 @@ class PrivServer:
         try:
             report = self.reconcile()
         except Exception as e:
-            # Logged and tried again next period; the accept loop goes on.
+            # Logged and tried again next period.
             _log().error("isolation.repair_failed", reason=str(e) or repr(e))
             return
         if report.repaired:
