@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,15 @@ def require_root() -> None:
     """Skip (a failure in CI) unless running as root."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
+
+
+def wait_until(what: str, ready: Callable[[], object], timeout: float = 15.0) -> None:
+    """Poll ``ready`` until it is true; AssertionError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not after {timeout} s")
+        time.sleep(0.05)
 
 
 @pytest.fixture

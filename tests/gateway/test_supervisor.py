@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from enforcer.supervisor import bind_listeners
+from tests.conftest import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,14 +41,6 @@ def _alive(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state != "Z"
-
-
-def _wait(what: str, ready: object, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not after {timeout} s")
-        time.sleep(0.05)
 
 
 def _health(port: int) -> int:
@@ -77,7 +70,7 @@ class Gateway:
              "--listen", f"127.0.0.1:{self.port}", "--workers", str(workers)],
             cwd=REPO, env=env, stdout=self.log, stderr=self.log,
         )  # fmt: skip
-        _wait(
+        wait_until(
             f"{workers} workers answering",
             lambda: len(_children(self.proc.pid)) == workers and self._answers(),
         )
@@ -117,7 +110,7 @@ def test_a_worker_that_dies_is_replaced_and_the_port_keeps_answering(gateway: Ga
     assert len(before) == 2
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
-    _wait("a replacement worker", lambda: len(gateway.workers() - before) == 1)
+    wait_until("a replacement worker", lambda: len(gateway.workers() - before) == 1)
     after = gateway.workers()
     assert victim not in after
     assert len(after) == 2
@@ -203,7 +196,7 @@ def test_sigterm_with_a_stream_open_stops_within_the_shutdown_timeout() -> None:
     )
     gateway: Gateway | None = None
     try:
-        _wait("the core double", lambda: (base / "core.sock").exists())
+        wait_until("the core double", lambda: (base / "core.sock").exists())
         gateway = Gateway(workers=1, run_dir=base)
         with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as conn:
             conn.sendall(b"GET /static/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import time
 
 from enforcer.priv import RECONCILE_SECONDS
 from enforcer.priv_client import PrivClient
+from tests.conftest import wait_until
 from tests.priv.conftest import SYSTEM_PYTHON, PrivEnv
 
 
@@ -23,14 +23,6 @@ def _table(env: PrivEnv) -> str | None:
         ["nft", "-j", "list", "table", "inet", env.table], capture_output=True, text=True
     )
     return out.stdout if out.returncode == 0 else None
-
-
-def _until(what: str, ready: object, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not after {timeout} s")
-        time.sleep(0.2)
 
 
 def test_a_deleted_table_is_restored_with_every_containers_isolation(priv: PrivEnv) -> None:
@@ -44,7 +36,7 @@ def test_a_deleted_table_is_restored_with_every_containers_isolation(priv: PrivE
     # What `flush ruleset` does to our table (only ours: this test's unique table).
     subprocess.run(["nft", "delete", "table", "inet", priv.table], check=True)
     assert _table(priv) is None
-    _until(
+    wait_until(
         "the table back, with the container's elements",
         lambda: (t := _table(priv)) is not None and address in t,
         3 * RECONCILE_SECONDS + 5,
