@@ -387,8 +387,9 @@ async def state_write(request: web.Request) -> web.Response:
         # The atomic write's own temporary names, which listings leave out.
         raise BadRequest("names of the form .<name>.tmp are reserved")
     data = await request.read()
-    _still_registered(request)
-    _within_quota(core, _state_dir(core, me), rel, len(data))
+    # A walk of up to max_state_entries_per_agent entries: off the event loop.
+    await asyncio.to_thread(_within_quota, core, _state_dir(core, me), rel, len(data))
+    _still_registered(request)  # nothing awaited from here to the write
     write_state(_state_dir(core, me), rel, data, limit)
     core.db.log(me, "state.written", path=rel, size=len(data))
     core.events.publish("state.written", agent=me, path=rel)
