@@ -17,7 +17,7 @@ with whatever the files say. So:
   publishes again. A follower therefore runs only versions the core ran,
   at most :data:`FOLLOW_SECONDS` (plus a load) after the core.
 
-hive-priv follows too (:class:`Follower`, polled from its accept loop), except
+hive-priv follows too (:class:`Follower`, polled from its housekeeping thread), except
 a version whose network section differs from the one its nftables table was
 built from: that takes a restart and ``netns reconcile``
 (``docs/operations.md``), so it is refused and logged until then.
