@@ -513,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         _wait_port(ports["gateway"])
-        token = (tmp / "state" / "operator-token").read_text().strip()
+        token = (tmp / "state" / "gateway" / "operator-token").read_text().strip()
         session = _login(ports["gateway"], token)
         spawn("authoriser", ports["auth"])
         # Its decision log goes to a file, as the gateway's does.

@@ -7,7 +7,7 @@ section. Tests build :class:`HiveConfig` directly with temporary directories.
 Example::
 
     run_dir = "/run/hive"          # core.sock, priv.sock, agents/<name>.sock
-    state_dir = "/var/lib/hive"    # hive.db, operator token, agents/<name>/{state,harness}
+    state_dir = "/var/lib/hive"    # hive.db, gateway/operator-token, agents/<name>/{state,harness}
     policy_dir = "/etc/hive/policies"
 
     [core]
@@ -76,6 +76,11 @@ class CoreConfig:
     # disk that holds hive.db and every other agent's state.
     max_state_bytes_per_agent: int = 256 << 20
     max_state_entries_per_agent: int = 10000
+    # Retention of one agent's messages and of its journal lines (each table
+    # apart): past either bound its oldest are pruned in the write's own
+    # transaction, so one agent cannot grow hive.db without bound.
+    max_journal_rows_per_agent: int = 10000
+    max_journal_bytes_per_agent: int = 8 << 20
     long_poll_max_seconds: float = 60.0
 
     def __post_init__(self) -> None:
@@ -161,8 +166,11 @@ class HiveConfig:
 
     @property
     def operator_token_file(self) -> Path:
-        """The operator login token (mode 0600), generated at first start."""
-        return self.state_dir / "operator-token"
+        """The operator login token (mode 0600), generated at the gateway's first start.
+
+        In the gateway's own directory (``STATE/gateway``, 0700), which it may
+        write under its unit (``StateDirectory=hive/gateway``)."""
+        return self.state_dir / "gateway" / "operator-token"
 
     def agent_dir(self, name: str) -> Path:
         """Agent ``name``'s directory: ``state/`` (agent-visible), ``harness/`` (not)."""

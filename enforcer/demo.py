@@ -53,7 +53,6 @@ from enforcer.sessions import (
     CSRF_COOKIE,
     CSRF_HEADER,
     cookie_name,
-    load_or_create_token,
     session_dir,
 )
 from enforcer.users import (
@@ -487,14 +486,15 @@ class Demo:
             os.chmod(d, 0o755)  # noqa: S103 - agents traverse it; no secrets
         replace_file(self.opts.config_path, render_config(self.opts).encode(), mode=0o644)
         os.chmod(self.opts.config_path, 0o644)  # whatever the umask
-        token_file = self.config.operator_token_file
-        # The gateway's own (an earlier demo's) or a new one; never one another
-        # account (the core's, say) put there.
-        load_or_create_token(token_file, owners=(self.gateway_user.uid,))
-        os.chown(token_file, self.gateway_user.uid, self.gateway_user.gid, follow_symlinks=False)
-        # The gateway's own directory (session key, revocations): its workers
-        # create what is in it, but may not create it in STATE (root:hive-core).
-        # A fresh demo starts with no sessions (and no files of an old uid).
+        # An earlier version kept the operator token in STATE itself: a stale
+        # secret nothing reads any more.
+        with contextlib.suppress(FileNotFoundError):
+            (self.opts.state_dir / "operator-token").unlink()
+        # The gateway's own directory (session key, revocations, the operator
+        # token): its workers create what is in it - the token too, at first
+        # start, as under the shipped unit - but may not create it in STATE
+        # (root:hive-core). A fresh demo starts with no sessions and a new
+        # token (and no files of an old uid).
         gateway_dir = session_dir(self.opts.state_dir)
         shutil.rmtree(gateway_dir, ignore_errors=True)
         gateway_dir.mkdir(mode=0o700)
@@ -741,7 +741,7 @@ class Demo:
 
     def banner(self) -> str:
         """How to reach the demo and log in."""
-        token = self.opts.state_dir / "operator-token"
+        token = self.config.operator_token_file
         return "\n".join(
             [
                 "",

@@ -176,8 +176,10 @@ from enforcer.sessions import (
     CSRF_COOKIE,
     CSRF_FIELD,
     CSRF_HEADER,
+    OperatorToken,
     Session,
     SessionStore,
+    TokenFileError,
     cookie_name,
     load_or_create_token,
     origin_allowed,
@@ -261,7 +263,7 @@ _PRIVATE_REQUEST = ("cookie", "authorization", CSRF_HEADER.lower())
 CONFIG: web.AppKey[HiveConfig] = web.AppKey("gateway_config", HiveConfig)
 ENGINE: web.AppKey[PolicyEngine] = web.AppKey("gateway_engine", PolicyEngine)
 SESSIONS: web.AppKey[SessionStore] = web.AppKey("gateway_sessions", SessionStore)
-_TOKEN: web.AppKey[list[str]] = web.AppKey("gateway_token", list)
+_TOKEN: web.AppKey[OperatorToken] = web.AppKey("gateway_token", OperatorToken)
 _CORE: web.AppKey[aiohttp.ClientSession] = web.AppKey("gateway_core", aiohttp.ClientSession)
 _AGENTS: web.AppKey[aiohttp.ClientSession] = web.AppKey("gateway_agents", aiohttp.ClientSession)
 # Plain HTTP to the core (the hot path and the registry's lookups) goes through
@@ -352,7 +354,8 @@ def _login_form(next_target: str, message: str = "") -> str:
         "required autofocus size=40></label>"
         f"<input type=hidden name=next value='{html.escape(next_target, quote=True)}'>"
         "<p><button type=submit>Log in</button></p></form>"
-        "<p>The token is in the gateway's state directory (<code>operator-token</code>).</p>"
+        "<p>The token is in <code>gateway/operator-token</code> under the state "
+        "directory (by default <code>/var/lib/hive</code>).</p>"
     )
 
 
@@ -765,7 +768,13 @@ async def _login(request: web.Request) -> web.StreamResponse:
         raise BadRequest("the login form could not be read (UTF-8 form fields expected)") from e
     token = form.get("token")
     next_target = _safe_next(str(form.get("next", "/")))
-    if not isinstance(token, str) or not tokens_equal(token.strip(), request.app[_TOKEN][0]):
+    try:
+        # Re-read when the file changed: a replaced token counts from now on.
+        expected = request.app[_TOKEN].current()
+    except TokenFileError as e:
+        _log.error("login.token_file", error=str(e), request_id=request.get(authz.REQUEST_ID))
+        raise Unavailable("logging in is unavailable: see the gateway's log") from e
+    if not isinstance(token, str) or not tokens_equal(token.strip(), expected):
         _log.info("login.failed", request_id=request.get(authz.REQUEST_ID))
         await asyncio.sleep(0.2)  # a little friction for guessers; the token is 256 bits anyway
         return _page("Log in", _login_form(next_target, "That token is not right."), status=401)
@@ -964,12 +973,13 @@ async def _agent_ui(request: web.Request) -> web.StreamResponse:
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    app[_TOKEN].append(load_or_create_token(config.operator_token_file))
     # Every worker opens the same key and revocation file: any of them can
-    # check any session, and a logout through one is seen by all.
+    # check any session, and a logout through one is seen by all. The
+    # directory (0700) first: the token file lives in it.
     app[SESSIONS] = SessionStore.shared(
         session_dir(config.state_dir), config.gateway.session_ttl_seconds
     )
+    app[_TOKEN].current()  # made at first start, or checked: a bad file stops the start
     connect, idle = config.gateway.connect_timeout, config.gateway.idle_timeout
     async with (
         proxy.unix_session(config.core_socket, connect_timeout=connect, idle_timeout=idle) as core,
@@ -1007,7 +1017,7 @@ def create_app(config: HiveConfig, *, engine: PolicyEngine | None = None) -> web
     app = web.Application(client_max_size=FORM_LIMIT, middlewares=[_pages_middleware])
     app[CONFIG] = config
     app[ENGINE] = engine
-    app[_TOKEN] = []
+    app[_TOKEN] = OperatorToken(config.operator_token_file)
     app.cleanup_ctx.append(_resources)
     app.on_response_prepare.append(_security_headers)
 
@@ -1142,8 +1152,8 @@ def serve_worker(config: HiveConfig, sock: socket.socket) -> int:
 
 def _preflight(config: HiveConfig) -> None:
     """What every worker needs, made or checked once before any starts (clear errors)."""
-    load_or_create_token(config.operator_token_file)
     SessionStore.shared(session_dir(config.state_dir), config.gateway.session_ttl_seconds)
+    load_or_create_token(config.operator_token_file)
     _ssl_context(config)
 
 

@@ -4,9 +4,12 @@ Sessions are *self-verifying*, so that every gateway worker process (see
 :mod:`enforcer.supervisor`) agrees on them without sharing memory:
 
 - The operator token is generated at the gateway's first start into
-  ``STATE/operator-token`` (``HiveConfig.operator_token_file``), mode 0600,
-  created with ``O_EXCL|O_NOFOLLOW``; a later start reads it and refuses a
-  file that is not a regular file or that group/others can read.
+  ``STATE/gateway/operator-token`` (``HiveConfig.operator_token_file``, in
+  the gateway's own directory), mode 0600, published whole; a later start
+  reads it and refuses a file that is not a regular file, that group/others
+  can read, or that another account owns. :class:`OperatorToken` re-reads it
+  when it changes: a replaced token takes effect at the next login, and a
+  deleted one is made anew, without a restart.
 - A 256-bit *session key* lives in ``STATE/gateway/session-key`` (the
   directory 0700, the file 0600, owned by the gateway's user). Whichever
   worker starts first creates it (written to a private ``O_EXCL`` temporary
@@ -65,6 +68,7 @@ __all__ = [
     "KEY_FILE",
     "REVOKED_FILE",
     "VIEW_CAPABILITY_LENGTH",
+    "OperatorToken",
     "Revocations",
     "Session",
     "SessionKeyError",
@@ -149,6 +153,49 @@ def load_or_create_token(path: Path, *, owners: Collection[int] = ()) -> str:
         return _read_token(path, owners)
     except FileNotFoundError as e:
         raise TokenFileError(f"{path}: the operator token file vanished while it was made") from e
+
+
+class OperatorToken:
+    """The operator token file, followed: the token in it now, re-read only when it changed.
+
+    Asked on every login attempt (rare: one ``lstat`` each). The file is
+    re-read when its inode, size, mtime or ctime changed, so replacing it
+    takes effect at the next login without a restart, and loosening its mode
+    is noticed. A file deleted is made anew, as at first start. An unusable
+    file (another account's, readable by others, too short) raises
+    :class:`TokenFileError`: the last token is not kept, since whoever
+    touched the file may have meant to revoke it.
+    """
+
+    def __init__(self, path: Path, *, owners: Collection[int] = ()) -> None:
+        self.path = path
+        self._owners = tuple(owners)
+        self._seen: tuple[int, int, int, int, int] | None = None
+        self._token: str | None = None
+
+    def current(self) -> str:
+        """The token in the file now (made if missing); :class:`TokenFileError` if unusable."""
+        try:
+            info = os.lstat(self.path)
+            seen: tuple[int, int, int, int, int] | None = (
+                info.st_dev,
+                info.st_ino,
+                info.st_size,
+                info.st_mtime_ns,
+                info.st_ctime_ns,
+            )
+        except FileNotFoundError:
+            seen = None
+        except OSError as e:
+            raise TokenFileError(f"{self.path}: cannot read the operator token file: {e}") from e
+        if seen is not None and seen == self._seen and self._token is not None:
+            return self._token
+        self._token = None
+        token = load_or_create_token(self.path, owners=self._owners)
+        # Remembered under what lstat saw before the read: were the file
+        # replaced in between, the next lstat differs and it is read again.
+        self._seen, self._token = seen, token
+        return token
 
 
 def _publish_private(path: Path, text: str, what: str, error: type[HiveError]) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
+import stat
 from http.cookies import SimpleCookie
 
 import pytest
 from yarl import URL
 
+from enforcer.files import replace_file
 from tests.gateway.stack import Stack
 
 
@@ -271,3 +274,67 @@ async def test_the_core_learns_the_csrf_token_to_embed_it(stack: Stack) -> None:
         async with client.get(stack.url("/questions")):
             pass
     assert stack.core.seen[-1].headers["X-Hive-CSRF-Token"] == csrf
+
+
+async def _login_status(stack: Stack, token: str) -> int:
+    async with (
+        stack.client() as client,
+        client.post(
+            stack.url("/login"),
+            data={"token": token, "next": "/"},
+            headers={"Origin": stack.origin},
+            allow_redirects=False,
+        ) as resp,
+    ):
+        return resp.status
+
+
+async def test_the_token_lives_in_the_gateways_own_directory(stack: Stack) -> None:
+    # STATE itself is root:hive-core 1775 under the shipped units, where the
+    # gateway's user cannot create files; STATE/gateway is its own (0700).
+    token_file = stack.config.operator_token_file
+    assert token_file.parent == stack.config.state_dir / "gateway"
+    assert stat.S_IMODE(token_file.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert not (stack.config.state_dir / "operator-token").exists()
+
+
+async def test_a_replaced_token_counts_from_the_next_login_without_a_restart(
+    stack: Stack,
+) -> None:
+    old = stack.token
+    assert await _login_status(stack, old) == 303
+    new = secrets.token_urlsafe(32)
+    replace_file(stack.config.operator_token_file, (new + "\n").encode(), mode=0o600)
+    assert await _login_status(stack, old) == 401
+    assert await _login_status(stack, new) == 303
+
+
+async def test_a_deleted_token_is_made_anew_and_the_old_one_stops_working(stack: Stack) -> None:
+    old = stack.token
+    stack.config.operator_token_file.unlink()
+    assert await _login_status(stack, old) == 401
+    made = stack.token
+    assert made != old
+    assert await _login_status(stack, made) == 303
+
+
+async def test_a_token_file_others_can_read_stops_logins_rather_than_keeping_the_old_token(
+    stack: Stack,
+) -> None:
+    token = stack.token
+    stack.config.operator_token_file.chmod(0o644)
+    async with (
+        stack.client() as client,
+        client.post(
+            stack.url("/login"),
+            data={"token": token},
+            headers={"Origin": stack.origin, "Accept": "application/json"},
+            allow_redirects=False,
+        ) as resp,
+    ):
+        assert resp.status == 503
+        assert "Set-Cookie" not in resp.headers
+        assert "Traceback" not in await resp.text()
+    stack.config.operator_token_file.chmod(0o600)
+    assert await _login_status(stack, token) == 303

@@ -279,7 +279,7 @@ class TwoGateways:
 
     @property
     def token(self) -> str:
-        return (self.base / "state" / "operator-token").read_text().strip()
+        return (self.base / "state" / "gateway" / "operator-token").read_text().strip()
 
     def origin(self, i: int) -> str:
         return f"http://127.0.0.1:{self.ports[i]}"
