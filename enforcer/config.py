@@ -59,6 +59,58 @@ def default_policy_dir() -> Path:
     return Path(policies.__file__).resolve().parent
 
 
+_DAY = 24 * 3600
+_GIB = 1 << 30
+
+# Inclusive ranges of the numeric settings (a value outside is refused with
+# its range: a typo such as a negative size or a zero timeout would otherwise
+# surface as a strange failure much later). Wide on purpose; tests use small values.
+_CORE_BOUNDS: dict[str, tuple[float, float]] = {
+    "gateway_uid": (0, 2**32 - 2),
+    "max_body_bytes": (1, _GIB),
+    "max_state_file_bytes": (1, _GIB),
+    "max_state_bytes_per_agent": (1, 1 << 44),
+    "max_state_entries_per_agent": (1, 10_000_000),
+    "max_journal_rows_per_agent": (1, 10_000_000),
+    "max_journal_bytes_per_agent": (1, 1 << 40),
+    "long_poll_max_seconds": (0.001, 3600),
+}
+_GATEWAY_BOUNDS: dict[str, tuple[float, float]] = {
+    "port": (1, 65535),
+    "session_ttl_seconds": (1, 90 * _DAY),
+    "connect_timeout": (0.001, 3600),
+    "idle_timeout": (0.001, 3600),
+    "workers": (1, 64),
+}
+
+
+def _check_bounds(section: str, config: Any, bounds: dict[str, tuple[float, float]]) -> None:
+    """Refuse a numeric setting of ``config`` outside its range (or not a number at all)."""
+    for key, (low, high) in bounds.items():
+        value = getattr(config, key, None)
+        if value is None and key == "gateway_uid":
+            continue  # resolved from the gateway's user at start-up
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not low <= value <= high
+        ):
+            raise ConfigError(f"[{section}] {key} must be {_range(low, high)}, got {value!r}")
+
+
+def _range(low: float, high: float) -> str:
+    if isinstance(low, int) and isinstance(high, int):
+        return f"an integer from {low} to {high}"
+    return f"a number of seconds from {low:g} to {high:g}"
+
+
+def _check_text(section: str, config: Any, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        value = getattr(config, key)
+        if not isinstance(value, str) or not value or not value.isprintable():
+            raise ConfigError(f"[{section}] {key} must be a non-empty string, got {value!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class CoreConfig:
     """The core daemon's settings."""
@@ -88,6 +140,8 @@ class CoreConfig:
             raise ConfigError(
                 f"[core] backend must be one of {', '.join(CORE_BACKENDS)}, got {self.backend!r}"
             )
+        _check_text("core", self, ("user",))
+        _check_bounds("core", self, _CORE_BOUNDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,14 +161,12 @@ class GatewayConfig:
     workers: int = field(default_factory=lambda: max(1, len(os.sched_getaffinity(0))))
 
     def __post_init__(self) -> None:
-        if isinstance(self.workers, bool) or not 1 <= self.workers <= 64:
-            raise ConfigError(f"[gateway] workers must be 1..64, got {self.workers!r}")
+        _check_text("gateway", self, ("host", "user"))
+        _check_bounds("gateway", self, _GATEWAY_BOUNDS)
         if (self.tls_cert is None) != (self.tls_key is None):
             # One without the other would serve plain HTTP under an https origin
             # (and a cookie not marked Secure).
             raise ConfigError("[gateway] tls_cert and tls_key go together: set both or neither")
-        if isinstance(self.port, bool) or not 1 <= self.port <= 65535:
-            raise ConfigError(f"[gateway] port must be 1..65535, got {self.port!r}")
 
     @property
     def origin(self) -> str:
@@ -197,21 +249,41 @@ def _section(data: dict[str, Any], key: str, source: Path) -> dict[str, Any]:
 
 
 def _build(cls: type[Any], values: dict[str, Any], where: str) -> Any:
-    known = set(cls.__dataclass_fields__)
-    unknown = sorted(set(values) - known)
+    known = cls.__dataclass_fields__
+    unknown = sorted(set(values) - set(known))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
-    converted: dict[str, Any] = {}
-    for key, value in values.items():
-        default = getattr(cls(), key)
-        if isinstance(default, Path) or key in {"tls_cert", "tls_key"}:
-            value = Path(value)
-        elif default is not None and not isinstance(value, type(default)):
-            raise ConfigError(
-                f"{where}: {key} must be {type(default).__name__}, got {type(value).__name__}"
-            )
-        converted[key] = value
-    return replace(cls(), **converted)
+    converted = {
+        key: _convert(key, value, str(known[key].type), where) for key, value in values.items()
+    }
+    try:
+        return replace(cls(), **converted)
+    except ConfigError as e:  # a range or combination check: say which file
+        raise ConfigError(f"{where.split(' [')[0]}: {e.reason}") from e
+
+
+def _path(key: str, value: object, where: str) -> Path:
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+        raise ConfigError(f"{where}: {key} must be an absolute path, got {value!r}")
+    return Path(value)
+
+
+def _convert(key: str, value: object, annotation: str, where: str) -> object:
+    """``value`` as the field's declared type (int, float, str, absolute Path), or refused."""
+    kind = annotation.removesuffix(" | None")
+    if kind == "Path":
+        return _path(key, value, where)
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: {key} must be a number, got {type(value).__name__}")
+        return float(value)
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {key} must be an integer, got {type(value).__name__}")
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {key} must be a string, got {type(value).__name__}")
+    return value
 
 
 def load_config(path: Path | None = None) -> HiveConfig:
@@ -247,5 +319,5 @@ def load_config(path: Path | None = None) -> HiveConfig:
         "state_dir": os.environ.get("HIVE_STATE_DIR"),
         "policy_dir": os.environ.get("HIVE_POLICY_DIR"),
     }
-    overrides = {k: Path(v) for k, v in env.items() if v}
+    overrides = {k: _path(k, v, f"${'HIVE_' + k.upper()}") for k, v in env.items() if v}
     return replace(config, core=core, gateway=gateway, **overrides)
