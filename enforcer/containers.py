@@ -5,7 +5,13 @@ user, the agent's directories (``state/`` shared with the core's group,
 ``harness/`` root-only), an isolated network (namespace, veth, elements of
 the project's nftables table, via :class:`netns.manager.NetnsManager`), the
 agent's unix socket, and - when started - the agent's process running under
-its own uid inside its own namespace.
+its own uid inside its own namespaces: the network one, plus a mount and an
+IPC namespace of its own per run (:func:`_enter_sandbox`: private tmpfs on
+``/tmp``, ``/var/tmp``, ``/dev/shm``, ``/run/lock``, a ``hidepid=invisible``
+procfs, its own SysV IPC and POSIX message queues), so nothing it leaves in
+those shared places outlives the run or reaches the host or another agent.
+Agent uids come from a range of their own and are never handed out twice
+(:func:`allocate_agent_user`).
 
 :class:`ContainerBackend` is the interface a production backend
 (systemd-nspawn, nixos-container) implements; see ``docs/backends.md``.
@@ -43,19 +49,28 @@ from enforcer.errors import Conflict, HiveError, NotFound, Unavailable
 from enforcer.files import replace_file
 from enforcer.log import get_logger
 from enforcer.users import (
+    AGENT_IDS,
     AGENT_USER_PREFIX,
+    IdTaken,
+    SystemUser,
     agent_user_name,
-    ensure_system_user,
+    create_user_with_id,
+    host_id_in_use,
     lookup_user,
+    next_free_id,
     remove_system_user,
 )
 
 __all__ = [
+    "PRIVATE_DIRS",
     "ContainerBackend",
     "ContainerRecord",
+    "IdMarkStore",
     "IsolationProvider",
     "NetnsBackend",
     "RecordStore",
+    "allocate_agent_user",
+    "paths_to_keep",
     "processes_of_uid",
 ]
 
@@ -161,6 +176,73 @@ class RecordStore:
             indent=1,
         ).encode()
         replace_file(self.path, body, mode=0o600)
+
+
+class IdMarkStore:
+    """The agents' uid high-water mark: the lowest id never handed out, one JSON file.
+
+    Read and written like the records (hive-priv's own private directory,
+    its own file, replaced atomically and fsynced).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> int | None:
+        """The mark; None if no id was ever handed out from this state directory."""
+        _private_dir(self.path.parent)
+        try:
+            _own_file(self.path)
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            mark = data["next_id"]
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise Unavailable(f"{self.path}: unreadable uid mark: {e}") from e
+        if not isinstance(mark, int) or isinstance(mark, bool):
+            raise Unavailable(f"{self.path}: unreadable uid mark: {mark!r}")
+        return mark
+
+    def save(self, next_id: int) -> None:
+        """Durably: once this returns, ``next_id - 1`` and below are never handed out."""
+        _private_dir(self.path.parent)
+        body = json.dumps({"version": 1, "next_id": next_id}).encode()
+        replace_file(self.path, body, mode=0o600)
+
+
+_ID_ATTEMPTS = 64
+
+
+def allocate_agent_user(
+    name: str,
+    marks: IdMarkStore,
+    ids: range = AGENT_IDS,
+    in_use: Callable[[int], bool] = host_id_in_use,
+) -> SystemUser:
+    """Create agent user ``name`` with a uid (= gid) no agent of this state ever had.
+
+    The next id at or above the mark that the host does not use is chosen,
+    the mark is moved past it *durably*, and only then is the user made: a
+    crash in between wastes one id but never hands one out twice. An id
+    someone else takes meanwhile (another useradd) is skipped.
+    """
+    for _ in range(_ID_ATTEMPTS):
+        mark = marks.load()
+        uid = next_free_id(ids.start if mark is None else mark, ids, in_use)
+        marks.save(uid + 1)
+        try:
+            return create_user_with_id(name, uid)
+        except IdTaken:
+            continue
+    raise HiveError(f"cannot create {name}: {_ID_ATTEMPTS} uids in a row were taken meanwhile")
+
+
+def _note_adopted_id(marks: IdMarkStore, uid: int, ids: range) -> None:
+    # A pre-existing agent user hive-priv adopts: its uid, if in our range,
+    # is never handed to another agent later.
+    mark = marks.load()
+    if uid in ids and (mark is None or uid >= mark):
+        marks.save(uid + 1)
 
 
 def _private_dir(path: Path) -> None:
@@ -281,6 +363,143 @@ def _enter_netns(path: Path) -> None:
         os.close(fd)
 
 
+# What each agent run gets privately (a tmpfs of its own, mode 1777): the
+# host's world-writable directories. Sizes bound the RAM one run can pin.
+PRIVATE_DIRS: tuple[tuple[str, int], ...] = (
+    ("/tmp", 64 << 20),
+    ("/var/tmp", 64 << 20),
+    ("/dev/shm", 64 << 20),
+    ("/run/lock", 1 << 20),
+)
+_TMPFS_INODES = 65536
+
+_CLONE_NEWNS = 0x00020000
+_CLONE_NEWIPC = 0x08000000
+_MS_NOSUID = 0x2
+_MS_NODEV = 0x4
+_MS_NOEXEC = 0x8
+_MS_BIND = 0x1000
+_MS_REC = 0x4000
+_MS_PRIVATE = 0x40000
+
+
+def paths_to_keep(needed: Sequence[Path], private: Sequence[str]) -> list[tuple[str, Path]]:
+    """Which of the agent's own paths a private directory would hide, with that directory.
+
+    ``STATE`` or ``RUN`` under ``/tmp`` (a development set-up) would put the
+    agent's ``state/`` and socket under its private ``/tmp``: those are bound
+    back in, nothing else of the host's directory. A private directory
+    itself is never kept (that would undo it), nor a path beneath another
+    kept one (stubs made for it would land in the real directory).
+    """
+    hidden = []
+    for path in needed:
+        for top in private:
+            if Path(top) in path.parents:
+                hidden.append((top, path))
+                break
+    # One beneath another kept path is visible through that one's bind mount.
+    return [(top, p) for top, p in hidden if not any(o in p.parents for _, o in hidden)]
+
+
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_ulong,
+        ctypes.c_char_p,
+    ]
+    libc.unshare.argtypes = [ctypes.c_int]
+    return libc
+
+
+def _mount(
+    libc: ctypes.CDLL, source: str | None, target: str, fstype: str | None, flags: int, data: str
+) -> None:
+    rc = libc.mount(
+        source.encode() if source is not None else None,
+        target.encode(),
+        fstype.encode() if fstype is not None else None,
+        flags,
+        data.encode() if data else None,
+    )
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {fstype or 'bind'} on {target}: {os.strerror(err)}")
+
+
+def _enter_sandbox(needed: Sequence[Path]) -> None:
+    """Give the calling thread a mount and an IPC namespace of its own, set up for an agent.
+
+    Runs in the short-lived spawn thread; the agent process forked from it
+    inherits both (``fork`` copies the calling thread's namespaces and
+    filesystem context). ``unshare(CLONE_NEWNS)`` implies ``CLONE_FS`` -
+    allowed in a multi-threaded process (only ``CLONE_NEWUSER``/``CLONE_VM``/
+    ``CLONE_SIGHAND``/``CLONE_THREAD`` need a single thread): this thread gets
+    its own root, cwd and umask, hive-priv's other threads keep theirs.
+
+    - Propagation of every mount is made private first, so nothing mounted
+      here reaches the host (a shared ``/`` would carry the tmpfs back) and
+      nothing of the host's later mounts arrives.
+    - A fresh tmpfs (``nosuid,nodev``, mode 1777, size-bounded) on each of
+      :data:`PRIVATE_DIRS` that is a real directory; what the agent leaves
+      there dies with its last process.
+    - The agent's own paths that a private directory covers are bound back
+      (opened before the tmpfs hides them).
+    - A fresh mqueue filesystem on ``/dev/mqueue`` (if present): it shows the
+      new IPC namespace's queues, not the host's.
+    - A fresh procfs on ``/proc`` with ``hidepid=invisible`` (Linux >= 5.8,
+      one procfs instance per mount): the agent sees only the processes it
+      may ptrace - its own uid's - not the host's or another agent's, so no
+      ``/proc/<pid>/root`` or ``cwd`` of a host process leads back to the
+      host's ``/tmp``. Still the host's PID namespace: pids are the host's,
+      which hive-priv's records and ``/proc`` checks rely on.
+
+    Any failure raises: the thread (and with it the half-made namespace) is
+    discarded, and the agent does not start.
+    """
+    libc = _libc()
+    if libc.unshare(_CLONE_NEWNS | _CLONE_NEWIPC) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWNS|CLONE_NEWIPC): {os.strerror(err)}")
+    _mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE, "")
+    private = [
+        (top, size)
+        for top, size in PRIVATE_DIRS
+        if stat.S_ISDIR(os.lstat(top).st_mode) and not os.path.islink(top)
+    ]
+    keep = paths_to_keep(needed, [top for top, _ in private])
+    fds = {
+        path: os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        for _, path in keep
+    }
+    try:
+        for top, size in private:
+            options = f"mode=1777,size={size},nr_inodes={_TMPFS_INODES}"
+            _mount(libc, "tmpfs", top, "tmpfs", _MS_NOSUID | _MS_NODEV, options)
+        for top, path in keep:
+            # Root-owned 0755 stubs down to the path, in the fresh tmpfs.
+            here = Path(top)
+            for part in path.relative_to(top).parts:
+                here = here / part
+                try:
+                    here.mkdir(mode=0o700)
+                except FileExistsError:
+                    continue  # a stub made for another path, or inside one bound already
+                os.chmod(here, 0o755)  # noqa: S103 - the agent traverses it; holds nothing
+            _mount(libc, f"/proc/thread-self/fd/{fds[path]}", str(path), None, _MS_BIND, "")
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    if os.path.isdir("/dev/mqueue") and not os.path.islink("/dev/mqueue"):
+        flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+        _mount(libc, "mqueue", "/dev/mqueue", "mqueue", flags, "")
+    flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+    _mount(libc, "proc", "/proc", "proc", flags, "hidepid=invisible")
+
+
 REMOVE_TIMEOUT = 300.0
 
 
@@ -328,11 +547,14 @@ class NetnsBackend:
         roles_for: Callable[[str], Sequence[str]] | None = None,
         user_prefix: str = AGENT_USER_PREFIX,
         stop_timeout: float = 5.0,
+        agent_ids: range = AGENT_IDS,
     ) -> None:
         self.state_dir = state_dir
         self.run_dir = run_dir
         self.isolation = isolation
         self.store = RecordStore(record_path or state_dir / "priv" / "containers.json")
+        self.id_marks = IdMarkStore(self.store.path.parent / "agent-ids.json")
+        self.agent_ids = agent_ids
         self.ui_port = ui_port
         self.core_gid = core_gid
         self.roles_for = roles_for or (lambda name: (f"agent:{name}", "role:agent"))
@@ -461,13 +683,18 @@ class NetnsBackend:
         }
         box: dict[str, Any] = {}
 
+        # The agent's own paths, bound back if a private directory hides them.
+        needed = [agent_dir / "state", self.socket_path(rec.name).parent]
+
         def in_namespace() -> None:
-            # setns(CLONE_NEWNET) changes only this (short-lived) thread's
-            # namespace; the child forked from it inherits it. The uid/gid
-            # drop happens in the child before exec (Popen user/group/
-            # extra_groups), with no preexec_fn.
+            # setns(CLONE_NEWNET) and unshare(CLONE_NEWNS|CLONE_NEWIPC) change
+            # only this (short-lived) thread's namespaces; the child forked
+            # from it inherits them, and is the agent's own process (its pid
+            # is the one recorded). The uid/gid drop happens in the child
+            # before exec (Popen user/group/extra_groups), with no preexec_fn.
             try:
                 _enter_netns(netns_path)
+                _enter_sandbox(needed)
                 box["proc"] = subprocess.Popen(
                     rec.command,
                     env=env,
@@ -610,9 +837,11 @@ class NetnsBackend:
             self._save()
             try:
                 if existing is None:
-                    made = ensure_system_user(user_name)
+                    made = allocate_agent_user(user_name, self.id_marks, self.agent_ids)
                     rec.uid, rec.gid, rec.user_created = made.uid, made.gid, made.created
                     self._save()
+                else:
+                    _note_adopted_id(self.id_marks, existing.uid, self.agent_ids)
                 self._make_dirs(rec)
                 self._ensure_isolation(rec)
             except BaseException:

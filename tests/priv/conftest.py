@@ -185,12 +185,12 @@ def _cleanup(env: PrivEnv) -> None:
     shutil.rmtree(env.base, ignore_errors=True)
 
 
-@pytest.fixture
-def priv_env() -> Iterator[PrivEnv]:
-    """A prepared (not yet started) hive-priv environment with a throwaway core user."""
+@contextlib.contextmanager
+def priv_env_under(parent: str) -> Iterator[PrivEnv]:
+    """A prepared hive-priv environment in a fresh directory beneath ``parent``."""
     require_root()
     token = secrets.token_hex(3)
-    base = Path(tempfile.mkdtemp(prefix="hbp-", dir="/tmp"))
+    base = Path(tempfile.mkdtemp(prefix="hbp-", dir=parent))
     # Agents' users must traverse to their state/ and socket.
     os.chmod(base, 0o755)
     run_dir, state_dir, policy_dir = base / "run", base / "state", base / "policies"
@@ -218,6 +218,15 @@ def priv_env() -> Iterator[PrivEnv]:
             yield env
         finally:
             _cleanup(env)
+
+
+@pytest.fixture
+def priv_env() -> Iterator[PrivEnv]:
+    """A prepared (not yet started) hive-priv environment with a throwaway core user."""
+    # Not under /tmp: each agent gets a private /tmp of its own, and the
+    # agent programs tests write into ``base`` must stay visible to it.
+    with priv_env_under("/run") as env:
+        yield env
 
 
 @pytest.fixture
