@@ -112,7 +112,13 @@ async def _publish_policy_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     core = app[CORE]
-    core.store = await asyncio.to_thread(Store, core.config.database)
+    limits = core.config.core
+    core.store = await asyncio.to_thread(
+        Store,
+        core.config.database,
+        max_journal_rows=limits.max_journal_rows_per_agent,
+        max_journal_bytes=limits.max_journal_bytes_per_agent,
+    )
     core.hub = EventHub()
     try:
         yield

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import heapq
 import itertools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ from enforcer.policy import PolicyEngine
 from enforcer.store import Store
 from enforcer.transport import AgentRegistry, AgentSites, SocketProvider
 
-__all__ = ["CORE", "CoreState", "EventHub", "Instrument"]
+__all__ = ["CORE", "CoreState", "DecisionRing", "EventHub", "Instrument"]
 
 Instrument = Callable[[str, Handler], Handler]
 """Wraps every handler with its action name (metrics; tests count operator calls)."""
@@ -79,6 +80,111 @@ class EventHub:
         self._changed.set()
 
 
+_Entry = tuple[int, Mapping[str, Any], str]
+"""(sequence number, the decision's fields without its request id, the request id)."""
+
+
+class DecisionRing:
+    """The newest policy decisions, kept fairly per principal, in bounded memory.
+
+    Each principal has a ring of its own newest decisions: one agent's flood of
+    requests only ever pushes out that agent's own older decisions, never
+    another principal's. A ring holds up to ``per_principal`` decisions while
+    few principals are active; with more, each holds ``budget // principals``
+    (never fewer than ``min_per_principal``), so all rings together hold at
+    most ``budget`` decisions. Past ``budget // min_per_principal`` principals,
+    the one whose last decision is the oldest is forgotten to make room.
+
+    :meth:`append` is the enforcers' decision sink, on the path of every
+    request: one dict lookup, one ``move_to_end`` and one deque append (the
+    rings are made, resized and dropped only when a principal comes or goes).
+    Reads merge the rings by sequence number (the order decisions were made).
+    """
+
+    __slots__ = ("_budget", "_cap", "_max_principals", "_min", "_per_principal", "_rings", "_seq")
+
+    def __init__(
+        self, *, budget: int = 32768, per_principal: int = 1000, min_per_principal: int = 16
+    ) -> None:
+        if not 1 <= min_per_principal <= per_principal <= budget:
+            raise ValueError("need 1 <= min_per_principal <= per_principal <= budget")
+        self._budget = budget
+        self._per_principal = per_principal
+        self._min = min_per_principal
+        self._max_principals = budget // min_per_principal
+        self._cap = per_principal
+        # Principal -> its ring, least recently active first (evicted first).
+        self._rings: collections.OrderedDict[str, collections.deque[_Entry]] = (
+            collections.OrderedDict()
+        )
+        self._seq = itertools.count()
+
+    def append(self, item: tuple[Mapping[str, Any], str]) -> None:
+        """Record one decision: ``(its fields without the request id, the request id)``."""
+        event, rid = item
+        principal = event["principal"]
+        ring = self._rings.get(principal)
+        if ring is None:
+            ring = self._add(principal)
+        else:
+            self._rings.move_to_end(principal)
+        ring.append((next(self._seq), event, rid))
+        if len(ring) > self._cap:
+            ring.popleft()
+
+    def _add(self, principal: str) -> collections.deque[_Entry]:
+        rings = self._rings
+        if len(rings) >= self._max_principals:
+            rings.popitem(last=False)  # the least recently active principal
+        ring: collections.deque[_Entry] = collections.deque()
+        rings[principal] = ring
+        cap = max(self._min, min(self._per_principal, self._budget // len(rings)))
+        if cap < self._cap:
+            # Fewer per principal now: trim every ring, so the budget holds at once.
+            for other in rings.values():
+                while len(other) > cap:
+                    other.popleft()
+        self._cap = cap
+        return ring
+
+    @property
+    def per_principal(self) -> int:
+        """How many decisions each principal's ring holds at most, now."""
+        return self._cap
+
+    def __len__(self) -> int:
+        return sum(len(ring) for ring in self._rings.values())
+
+    def _newest_first(self, principal: str = "") -> Iterator[_Entry]:
+        if principal.endswith("*"):
+            prefix = principal[:-1]
+            rings = [r for p, r in self._rings.items() if p.startswith(prefix)]
+        elif principal:
+            found = self._rings.get(principal)
+            rings = [] if found is None else [found]
+        else:
+            rings = list(self._rings.values())
+        # Read whole by the caller, on the event loop: no append runs meanwhile.
+        return heapq.merge(*(reversed(r) for r in rings), key=_seq_of, reverse=True)
+
+    def newest(self, limit: int, *, principal: str = "") -> list[dict[str, Any]]:
+        """The newest ``limit`` decisions, newest last; only ``principal``'s when given.
+
+        ``principal`` matches exactly, or as a prefix when it ends in ``*``
+        (``agent:*``).
+        """
+        picked = list(itertools.islice(self._newest_first(principal), limit))
+        return [{**event, "request_id": rid} for _seq, event, rid in reversed(picked)]
+
+    def all(self) -> list[dict[str, Any]]:
+        """Every decision kept, oldest first."""
+        return self.newest(self._budget)
+
+
+def _seq_of(entry: _Entry) -> int:
+    return entry[0]
+
+
 @dataclass(slots=True)
 class CoreState:
     """Everything the core's handlers share (created once per core)."""
@@ -92,18 +198,14 @@ class CoreState:
     registry: AgentRegistry = field(default_factory=AgentRegistry)
     sites: AgentSites | None = None
     agent_app: web.Application | None = None
-    # (the decision's fields without its request id, the request id): the
-    # enforcer shares the first part between requests, so recording is one append
-    # (the enforcers' decision sink is this ring's append).
-    decision_ring: collections.deque[tuple[Mapping[str, Any], str]] = field(
-        default_factory=lambda: collections.deque(maxlen=1000)
-    )
+    # The enforcers' decision sink is this ring's append (fair per principal).
+    decision_ring: DecisionRing = field(default_factory=DecisionRing)
     instrument: Instrument | None = None
 
     @property
     def decisions(self) -> list[dict[str, Any]]:
-        """The newest decision events (at most 1000), oldest first."""
-        return [{**event, "request_id": rid} for event, rid in self.decision_ring]
+        """Every decision event the ring keeps, oldest first (see :class:`DecisionRing`)."""
+        return self.decision_ring.all()
 
     @property
     def db(self) -> Store:

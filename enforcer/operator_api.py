@@ -325,14 +325,31 @@ async def policy_reload(request: web.Request) -> web.Response:
     )
 
 
-_DECISIONS = Schema({"limit": Field("int", required=False, minimum=1, maximum=1000)})
+_DECISIONS = Schema(
+    {
+        "limit": Field("int", required=False, minimum=1, maximum=1000),
+        "principal": Field(
+            "str",
+            required=False,
+            min_len=1,
+            max_len=200,
+            description="only this principal's decisions (a prefix when it ends in *)",
+        ),
+    }
+)
 
 
 async def audit_decisions(request: web.Request) -> web.Response:
-    """The newest policy decisions (both surfaces), newest last."""
-    limit = _query(request, _DECISIONS).get("limit", 100)
-    ring = list(_core(request).decisions)
-    return web.json_response({"decisions": ring[-limit:]})
+    """The newest policy decisions (both surfaces), newest last; optionally one principal's.
+
+    The ring keeps each principal's newest decisions apart
+    (:class:`enforcer.corestate.DecisionRing`): another agent's flood never
+    pushes a principal's own out of ``?principal=``.
+    """
+    query = _query(request, _DECISIONS)
+    ring = _core(request).decision_ring
+    decisions = ring.newest(query.get("limit", 100), principal=query.get("principal", ""))
+    return web.json_response({"decisions": decisions})
 
 
 async def events(request: web.Request) -> web.StreamResponse:

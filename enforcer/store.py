@@ -8,6 +8,15 @@ write is one transaction: a crash leaves it whole or absent, never half.
 
 All methods are synchronous and fast (one connection, small indexed rows); the
 core calls them on its event loop so that the commit happens-before the reply.
+
+Retention: what an agent can make without the operator acting is bounded per
+agent. Open questions and pending approvals are capped (:data:`OPEN_PER_AGENT`,
+429 past it); an agent's messages and its journal lines are each kept to its
+newest ``max_journal_rows`` rows and ``max_journal_bytes`` bytes of text, the
+oldest pruned in the same transaction as the insert that went past (like
+journald's size cap: the write is accepted, history is lost, never another
+agent's). Its status is one value (``agents.status``), replaced. SQLite reuses
+the pruned rows' pages, so at steady state ``hive.db`` stops growing.
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ from typing import Any
 from enforcer.errors import Conflict, NotFound, TooManyOpen, Unavailable
 
 __all__ = [
+    "MAX_JOURNAL_BYTES",
+    "MAX_JOURNAL_ROWS",
     "OPEN_PER_AGENT",
     "AgentRecord",
     "ApprovalRecord",
@@ -182,6 +193,17 @@ nor grow the database without bound.
 """
 
 
+MAX_JOURNAL_ROWS = 10000
+"""Default of how many messages, and how many journal lines, one agent keeps."""
+
+MAX_JOURNAL_BYTES = 8 << 20
+"""Default of how many bytes of message text, and of journal detail, one agent keeps."""
+
+# The per-agent tables under the retention bound, and the column holding the
+# bulk of each row (its UTF-8 bytes are what the byte bound counts).
+_RETAINED = {"journal": "detail", "messages": "text"}
+
+
 def _below_cap(db: sqlite3.Connection, table: str, open_: str, agent: str, what: str) -> None:
     # table and open_ are constants of this module, never input.
     row = db.execute(f"SELECT COUNT(*) FROM {table} WHERE agent=? AND {open_}", (agent,)).fetchone()  # noqa: S608
@@ -231,8 +253,25 @@ def _agent(row: sqlite3.Row) -> AgentRecord:
 class Store:
     """One SQLite database (WAL, synchronous=FULL); every write is one transaction."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_journal_rows: int = MAX_JOURNAL_ROWS,
+        max_journal_bytes: int = MAX_JOURNAL_BYTES,
+    ) -> None:
+        if max_journal_rows < 1 or max_journal_bytes < 1:
+            raise ValueError("the journal bounds must be positive")
         self.path = path
+        self.max_journal_rows = max_journal_rows
+        self.max_journal_bytes = max_journal_bytes
+        # (table, agent) -> (rows, bytes) as committed: counted once per agent
+        # (an indexed scan), then kept up to date by every write, so keeping
+        # within the bound costs an insert one dict lookup and, past the bound,
+        # one indexed range delete of its oldest rows.
+        self._usage: dict[tuple[str, str], tuple[int, int]] = {}
+        # The same for the transaction in progress; applied only once it commits.
+        self._pending: dict[tuple[str, str], tuple[int, int]] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -258,11 +297,14 @@ class Store:
             try:
                 yield self._db
                 self._db.execute("COMMIT")
+                self._usage.update(self._pending)
             except BaseException:
                 # A failed COMMIT (disk full) may leave the transaction open.
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+            finally:
+                self._pending.clear()
         except sqlite3.OperationalError as e:
             # Disk full or failing: the write is refused whole (503), not a 500.
             if getattr(e, "sqlite_errorcode", 0) & 0xFF in _STORAGE_ERRORS:
@@ -270,10 +312,50 @@ class Store:
             raise
 
     def _journal(self, db: sqlite3.Connection, agent: str, kind: str, **detail: Any) -> None:
+        text = json.dumps(detail, sort_keys=True)
         db.execute(
             "INSERT INTO journal(agent, kind, detail, at) VALUES (?,?,?,?)",
-            (agent, kind, json.dumps(detail, sort_keys=True), time.time()),
+            (agent, kind, text, time.time()),
         )
+        self._retain(db, "journal", agent, len(text.encode("utf-8", "surrogatepass")))
+
+    def _retain(self, db: sqlite3.Connection, table: str, agent: str, size: int) -> None:
+        """Keep ``agent``'s rows of ``table`` within the bounds, after one was inserted.
+
+        Deletes only that agent's oldest rows of that table, in the caller's
+        transaction (the insert and its prune commit together or not at all),
+        and never the row just inserted: one row over the byte bound stays.
+        """
+        key = (table, agent)
+        usage = self._pending.get(key) or self._usage.get(key)
+        column = _RETAINED[table]
+        if usage is None:
+            # First write for this agent since start-up: count (includes the new row).
+            row = db.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(length(CAST({column} AS BLOB))), 0) "  # noqa: S608
+                f"FROM {table} WHERE agent=?",
+                (agent,),
+            ).fetchone()
+            rows, total = int(row[0]), int(row[1])
+        else:
+            rows, total = usage[0] + 1, usage[1] + size
+        if rows > self.max_journal_rows or total > self.max_journal_bytes:
+            oldest = db.execute(
+                f"SELECT id, length(CAST({column} AS BLOB)) FROM {table} "  # noqa: S608
+                "WHERE agent=? ORDER BY id LIMIT ?",
+                (agent, rows - 1),
+            )
+            last = None
+            try:
+                for row_id, row_size in oldest:
+                    if rows <= self.max_journal_rows and total <= self.max_journal_bytes:
+                        break
+                    rows, total, last = rows - 1, total - int(row_size), int(row_id)
+            finally:
+                oldest.close()
+            if last is not None:
+                db.execute(f"DELETE FROM {table} WHERE agent=? AND id<=?", (agent, last))  # noqa: S608
+        self._pending[key] = (rows, total)
 
     # --- agents ---------------------------------------------------------------
 
@@ -298,6 +380,8 @@ class Store:
                 raise NotFound(f"no agent {name!r}")
             for table in ("questions", "approvals", "messages", "journal"):
                 db.execute(f"DELETE FROM {table} WHERE agent=?", (name,))  # noqa: S608
+        for table in _RETAINED:
+            self._usage.pop((table, name), None)
 
     def agent(self, name: str) -> AgentRecord:
         """One agent; :class:`NotFound` if absent."""
@@ -454,13 +538,14 @@ class Store:
     # --- messages -------------------------------------------------------------------
 
     def add_message(self, agent: str, text: str) -> MessageRecord:
-        """Record a message from ``agent``."""
+        """Record a message from ``agent`` (its oldest pruned past the retention bound)."""
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO messages(agent, text, created_at) VALUES (?,?,?)",
                 (agent, text, time.time()),
             )
             mid = int(cur.lastrowid or 0)
+            self._retain(db, "messages", agent, len(text.encode("utf-8", "surrogatepass")))
             self._journal(db, agent, "message", id=mid)
         row = self._db.execute("SELECT * FROM messages WHERE id=?", (mid,)).fetchone()
         return MessageRecord(row["id"], row["agent"], row["text"], row["created_at"])
