@@ -81,6 +81,9 @@ _GATEWAY_BOUNDS: dict[str, tuple[float, float]] = {
     "connect_timeout": (0.001, 3600),
     "idle_timeout": (0.001, 3600),
     "workers": (1, 64),
+    "max_connections": (1, 1_000_000),
+    "header_timeout": (0.001, 3600),
+    "keepalive_timeout": (0.001, 24 * 3600),
 }
 
 
@@ -156,6 +159,12 @@ class GatewayConfig:
     session_ttl_seconds: int = 8 * 3600
     connect_timeout: float = 3.0
     idle_timeout: float = 30.0
+    # Per worker: connections held open at once (more are closed at once), how
+    # long a new connection may take to deliver its first request head, and how
+    # long a kept-alive one may wait for (or half-send) its next (docs/operations.md).
+    max_connections: int = 1024
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
     # Worker processes sharing the listening port (sessions are self-verifying,
     # so any worker serves any request): one per CPU unless set.
     workers: int = field(default_factory=lambda: max(1, len(os.sched_getaffinity(0))))
