@@ -63,6 +63,7 @@ __all__ = [
     "decision_event",
     "json_error",
     "path_resource",
+    "refuse_unrouted",
     "route_bindings",
     "startup_check",
     "unsafe_raw_path_reason",
@@ -511,16 +512,7 @@ class Enforcer:
         self._accepted.add(raw_path)
 
     def _refused(self, error: HiveError, request_id: str) -> web.Response:
-        with contextlib.suppress(OSError):  # refused either way, logged if the disk allows
-            _log.info(
-                "request.refused",
-                logger=_LOGGER,
-                channel=self.channel,
-                reason=error.reason,
-                status=error.status,
-                request_id=request_id,
-            )
-        return _hive_error_response(error, request_id)
+        return _refusal(self.channel, error, request_id)
 
     def _verdict(
         self, policy: Policy | None, principal: str, resource: str, action: str
@@ -618,6 +610,35 @@ class Enforcer:
             resp.headers["Allow"] = ",".join(sorted(allowed))
             return resp
         return json_error(404, NotFound.code, "no such route", request_id=request_id)
+
+
+def _refusal(channel: str, error: HiveError, request_id: str) -> web.Response:
+    """Log a refusal made before any policy decision (``request.refused``); its JSON answer."""
+    with contextlib.suppress(OSError):  # refused either way, logged if the disk allows
+        _log.info(
+            "request.refused",
+            logger=_LOGGER,
+            channel=channel,
+            reason=error.reason,
+            status=error.status,
+            request_id=request_id,
+        )
+    return _hive_error_response(error, request_id)
+
+
+def refuse_unrouted(request: web.Request, channel: str) -> web.Response:
+    """The answer to a request aiohttp's router cannot place at all; logged, JSON, 400.
+
+    A request target that is not a path (``OPTIONS *``, ``CONNECT host:port``)
+    matches no route, not even an enforcer's fallback (aiohttp patterns start
+    with ``/``), so no enforcer sees it: aiohttp would answer a plain-text 404
+    that no log line records. A daemon with a middleware calls this instead
+    when ``request.match_info`` is aiohttp's own "no match" (its
+    ``http_exception`` set).
+    """
+    request_id = _new_request_id()
+    request[REQUEST_ID] = request_id
+    return _refusal(channel, BadRequest("the request target must be a path"), request_id)
 
 
 def _error_response(request: web.Request, error: BaseException) -> web.StreamResponse:

@@ -166,7 +166,7 @@ from aiohttp.typedefs import Handler
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from enforcer import authz, paths, proxy, supervisor
+from enforcer import authz, paths, proxy, serving, supervisor
 from enforcer.config import ConfigError, HiveConfig, load_config
 from enforcer.errors import BadRequest, Forbidden, HiveError, NotFound, Unavailable
 from enforcer.log import configure_logging, get_logger
@@ -574,7 +574,14 @@ def _principal_of(request: web.Request) -> str:
 @web.middleware
 async def _pages_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Outermost: turn gateway-made errors into pages (or API JSON); anonymous -> login."""
-    response = await handler(request)
+    try:
+        response = await handler(request)
+    except web.HTTPException:
+        if request.match_info.http_exception is None:
+            raise
+        # No route at all, not even the enforcer's fallback: a target that is
+        # not a path ("OPTIONS *", "CONNECT host:port"). Refused, and logged.
+        response = authz.refuse_unrouted(request, "gateway")
     if response.prepared or response.status < 400 or response.get(_OWN_PAGE, False):
         return response
     anonymous = request.get(authz.PRINCIPAL, "anonymous") == "anonymous"
@@ -633,6 +640,8 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
     headers = response.headers
     for name in [n for n in headers if n.lower().startswith("access-control-")]:
         headers.popall(name, None)
+    # Not aiohttp's name and version (nor an agent UI's server): no internals.
+    headers["Server"] = "hive-boundary"
     request_id = request.get(authz.REQUEST_ID)
     if request_id:
         headers["X-Hive-Request-Id"] = request_id
@@ -981,10 +990,16 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     )
     app[_TOKEN].current()  # made at first start, or checked: a bad file stops the start
     connect, idle = config.gateway.connect_timeout, config.gateway.idle_timeout
+    # Bounded pools: the worker's file-descriptor budget counts on it (serving).
+    limit = serving.UPSTREAM_LIMIT
     async with (
-        proxy.unix_session(config.core_socket, connect_timeout=connect, idle_timeout=idle) as core,
-        Upstream(config.core_socket, connect_timeout=connect, idle_timeout=idle) as core_http,
-        proxy.tcp_session(connect_timeout=connect, idle_timeout=idle) as agents,
+        proxy.unix_session(
+            config.core_socket, connect_timeout=connect, idle_timeout=idle, limit=limit
+        ) as core,
+        Upstream(
+            config.core_socket, connect_timeout=connect, idle_timeout=idle, limit=limit
+        ) as core_http,
+        proxy.tcp_session(connect_timeout=connect, idle_timeout=idle, limit=limit) as agents,
     ):
         app[_CORE] = core
         app[_CORE_HTTP] = core_http
@@ -1109,10 +1124,17 @@ def make_runner(app: web.Application, *, shutdown_timeout: float | None = None) 
     bytes under the client's encoding and length. ``shutdown_timeout``: aiohttp
     waits it twice (for handlers to finish, then again after cutting their
     request bodies off) before cancelling them; by default
-    :data:`SHUTDOWN_SECONDS` in all.
+    :data:`SHUTDOWN_SECONDS` in all. Connections are held as ``[gateway]``
+    says (:mod:`enforcer.serving`): at most ``max_connections``, the first
+    request head within ``header_timeout``, the next within
+    ``keepalive_timeout``.
     """
-    return web.AppRunner(
+    gw = app[CONFIG].gateway
+    return serving.GatewayRunner(
         app,
+        max_connections=gw.max_connections,
+        header_timeout=gw.header_timeout,
+        keepalive_timeout=gw.keepalive_timeout,
         access_log=None,
         handle_signals=False,
         auto_decompress=False,
@@ -1133,7 +1155,12 @@ def serve_worker(config: HiveConfig, sock: socket.socket) -> int:
         runner = make_runner(create_app(config))
         await runner.setup()
         try:
-            site = web.SockSite(runner, sock, ssl_context=_ssl_context(config))
+            site = serving.GatewaySite(
+                runner,
+                sock,
+                ssl_context=_ssl_context(config),
+                handshake_timeout=config.gateway.header_timeout,
+            )
             await site.start()
             stop = asyncio.Event()
             for signum in (signal.SIGTERM, signal.SIGINT):
@@ -1142,6 +1169,8 @@ def serve_worker(config: HiveConfig, sock: socket.socket) -> int:
         finally:
             await runner.cleanup()
 
+    # Room for max_connections clients and their upstream connections.
+    serving.raise_fd_limit(config.gateway.max_connections)
     # asyncio.Runner closes the loop as asyncio.run does: handlers the shutdown
     # timeout cut off (a long /api/events stream) are cancelled *and awaited*,
     # async generators closed, and only then the loop.

@@ -9,10 +9,14 @@ and what reaches the core is what the client sent.
 from __future__ import annotations
 
 import gzip
+import io
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from enforcer.log import configure_logging
 from tests.gateway.stack import RawResponse, ThreadedStack, raw_request
 
 
@@ -138,3 +142,35 @@ def test_a_compressed_request_body_reaches_the_core_exactly_as_sent(gw: Threaded
     assert forwarded[0].body == body
     assert forwarded[0].headers["Content-Encoding"] == "gzip"
     assert forwarded[0].headers["Content-Length"] == str(len(body))
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [b"OPTIONS * HTTP/1.1", b"CONNECT core:80 HTTP/1.1", b"CONNECT 127.0.0.1:22 HTTP/1.1"],
+    ids=["asterisk-form", "authority-form", "authority-form-ssh"],
+)
+def test_a_target_that_is_not_a_path_is_refused_logged_and_never_proxied(
+    gw: ThreadedStack, request_line: bytes, tmp_path: Path
+) -> None:
+    # Found in review: no route matches such a target, not even the
+    # enforcer's fallback, so aiohttp answered a bare "404: Not Found" that no
+    # log line recorded. Now: a 400 with a reason and a request id, logged.
+    core_seen = len(gw.stack.core.seen)
+    log = tmp_path / "gateway.log"
+    with log.open("w") as stream:
+        configure_logging(stream)
+        try:
+            answer = _send(gw, request_line + b"\r\n")
+        finally:
+            configure_logging(io.StringIO())
+    assert answer.status == 400, answer
+    assert b"the request target must be a path" in answer.body  # a small page
+    request_id = answer.headers["X-Hive-Request-Id"]
+    assert "aiohttp" not in answer.headers.get("Server", "")
+    refused = [
+        e for e in map(json.loads, log.read_text().splitlines()) if e["event"] == "request.refused"
+    ]
+    assert [(e["request_id"], e["status"], e["channel"]) for e in refused] == [
+        (request_id, 400, "gateway")
+    ]
+    assert len(gw.stack.core.seen) == core_seen
