@@ -1,0 +1,400 @@
+"""Each agent run has its own /tmp, /var/tmp, /dev/shm, SysV IPC and /proc; uids are never reused.
+
+Real agents under a real hive-priv: what one agent leaves in the world-writable
+places reaches neither the host, nor another agent, nor the next agent created
+after it is destroyed; an agent's /proc lists only its own processes; the
+host's mount table is untouched; and a destroyed agent's uid is never handed
+to a later one. An agent that tries to undo its sandbox (umount, a user
+namespace, another process's /proc/<pid>/root) still never reaches the host's
+/tmp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from enforcer.containers import IdMarkStore, allocate_agent_user, processes_of_uid
+from enforcer.errors import HiveError
+from enforcer.priv_client import PrivClient
+from enforcer.users import (
+    IdsExhausted,
+    SystemUser,
+    create_user_with_id,
+    host_id_in_use,
+    lookup_user,
+    remove_system_user,
+)
+from tests.conftest import require_root, wait_until
+from tests.priv.conftest import SYSTEM_PYTHON, PrivEnv, priv_env_under
+
+# The agent: optionally leaves a file in each private directory and a SysV
+# shared memory segment, then reports what it sees (atomically, into its own
+# state/) and stays running.
+PROBE = r"""
+import ctypes, json, os, sys, time
+token, key, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+libc = ctypes.CDLL(None, use_errno=True)
+left = [f"/tmp/x-{token}", f"/dev/shm/y-{token}", f"/var/tmp/z-{token}"]
+mine = f"/tmp/run-{os.environ['HIVE_AGENT']}"
+mine_before = os.path.exists(mine)
+open(mine, "w").close()
+if mode == "write":
+    for path in left:
+        with open(path, "w") as f:
+            f.write("left by " + os.environ["HIVE_AGENT"])
+    if libc.shmget(key, 4096, 0o1000 | 0o666) < 0:  # IPC_CREAT
+        sys.exit(f"shmget: {ctypes.get_errno()}")
+def uid_of(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith("Uid:"))
+    except OSError:
+        return None
+with open("/proc/sysvipc/shm") as f:
+    keys = [int(line.split()[0]) for line in f.readlines()[1:]]
+pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+report = {
+    "pid": os.getpid(),
+    "uid": os.getuid(),
+    "seen": [p for p in left + [f"/tmp/host-{token}"] if os.path.exists(p)],
+    "mine_before": mine_before,
+    "shm_key": key in keys,
+    "pids": pids,
+    "uids": sorted({uid_of(p) for p in pids} - {None}),
+    "tmp": sorted(os.listdir("/tmp")),
+}
+state = os.environ["HIVE_STATE_DIR"]
+with open(os.path.join(state, ".report"), "w") as f:
+    json.dump(report, f)
+os.rename(os.path.join(state, ".report"), os.path.join(state, "report.json"))
+while True:
+    time.sleep(60)
+"""
+
+# The agent as an attacker: every way it can think of to the host's /tmp.
+ATTACK = r"""
+import ctypes, json, os, sys, time
+token, host_pid = sys.argv[1], int(sys.argv[2])
+marker = f"/tmp/host-{token}"
+libc = ctypes.CDLL(None, use_errno=True)
+libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+out = {}
+def read(name, path):
+    try:
+        with open(path) as f:
+            out[name] = f.read()
+    except OSError as e:
+        out[name] = type(e).__name__
+read("direct", marker)
+read("host_process_root", f"/proc/{host_pid}/root{marker}")
+read("pid_1_root", f"/proc/1/root{marker}")
+out["umount"] = "umounted" if libc.umount2(b"/tmp", 2) == 0 else os.strerror(ctypes.get_errno())
+read("after_umount", marker)
+# A user namespace of its own (root there) and a mount namespace owned by it:
+# the mounts it copies came as one locked unit and may not be taken apart.
+r, w = os.pipe()
+child = os.fork()
+if child == 0:
+    os.close(r)
+    if libc.unshare(0x10000000 | 0x00020000) != 0:  # CLONE_NEWUSER | CLONE_NEWNS
+        res = {"userns": os.strerror(ctypes.get_errno())}
+    else:
+        rc = libc.umount2(b"/tmp", 2)
+        res = {"userns": "ok", "umount": "umounted" if rc == 0 else os.strerror(ctypes.get_errno())}
+        try:
+            with open(marker) as f:
+                res["read"] = f.read()
+        except OSError as e:
+            res["read"] = type(e).__name__
+    os.write(w, json.dumps(res).encode())
+    os._exit(0)
+os.close(w)
+os.waitpid(child, 0)
+out["in_userns"] = json.loads(os.read(r, 4096))
+state = os.environ["HIVE_STATE_DIR"]
+with open(os.path.join(state, ".report"), "w") as f:
+    json.dump(out, f)
+os.rename(os.path.join(state, ".report"), os.path.join(state, "report.json"))
+while True:
+    time.sleep(60)
+"""
+
+
+def _program(env: PrivEnv, name: str, code: str) -> str:
+    path = env.base / name
+    path.write_text(code)
+    path.chmod(0o644)
+    return str(path)
+
+
+def _report(env: PrivEnv, name: str) -> dict[str, Any]:
+    path = env.state_dir / "agents" / name / "state" / "report.json"
+    wait_until(f"{name}'s report", path.exists, timeout=20)
+    data: dict[str, Any] = json.loads(path.read_text())
+    path.unlink()
+    return data
+
+
+def _mounts(pid: str = "self") -> list[str]:
+    """A mount table, less the network namespaces' nsfs mounts (this and other tests add them)."""
+    lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+    return [line for line in lines if not line.split()[4].startswith("/run/netns/")]
+
+
+def _shm_keys() -> set[int]:
+    lines = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+    return {int(line.split()[0]) for line in lines}
+
+
+@contextlib.contextmanager
+def _host_marker(token: str) -> Iterator[Path]:
+    marker = Path(f"/tmp/host-{token}")
+    marker.write_text("the host's")
+    marker.chmod(0o644)  # world-readable: only the mount namespace hides it
+    try:
+        yield marker
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def test_what_an_agent_leaves_reaches_neither_host_nor_other_agent_nor_next_agent(
+    priv: PrivEnv,
+) -> None:
+    token, key = secrets.token_hex(4), 0x48000000 + secrets.randbelow(1 << 24)
+    probe = _program(priv, "probe.py", PROBE)
+    client = PrivClient(priv.socket, timeout=60)
+    host_mounts = _mounts()
+    a, b = priv.agent_name(), priv.agent_name()
+    with _host_marker(token):
+        for name, mode in ((a, "write"), (b, "read")):
+            asyncio.run(
+                client.container_create(name, [SYSTEM_PYTHON, probe, token, str(key), mode])
+            )
+            asyncio.run(client.container_start(name))
+        seen_a, seen_b = _report(priv, a), _report(priv, b)
+        status = asyncio.run(client.container_status())
+
+        # A sees what it left (the probe works) - and nothing of the host's /tmp.
+        assert seen_a["seen"] == [f"/tmp/x-{token}", f"/dev/shm/y-{token}", f"/var/tmp/z-{token}"]
+        assert seen_a["shm_key"] is True
+        assert seen_a["tmp"] == sorted([f"x-{token}", f"run-{a}"])
+        # The recorded pid is the agent's own process (stop/kill/adoption rely on it).
+        assert status[a]["pid"] == seen_a["pid"]
+        # Neither the host ...
+        for left in seen_a["seen"]:
+            assert not Path(left).exists()
+        assert key not in _shm_keys()
+        # ... nor another agent sees it; nor the host's /tmp.
+        assert seen_b["seen"] == []
+        assert seen_b["shm_key"] is False
+        # Each /proc lists only its own uid's processes: not A, not hive-priv, not init.
+        assert seen_b["uids"] == [status[b]["uid"]]
+        assert seen_b["pid"] in seen_b["pids"]
+        assert seen_a["pid"] not in seen_b["pids"]
+        assert priv.proc is not None
+        assert priv.proc.pid not in seen_b["pids"]
+        assert 1 not in seen_b["pids"]
+
+        # The host's mount table is as it was, and so is hive-priv's own.
+        assert _mounts() == host_mounts
+        assert _mounts(str(priv.proc.pid)) == host_mounts
+
+        # A destroyed; the next agent created finds nothing of it, under a new uid.
+        uid_a = status[a]["uid"]
+        asyncio.run(client.container_destroy(a))
+        c = priv.agent_name()
+        asyncio.run(client.container_create(c, [SYSTEM_PYTHON, probe, token, str(key), "read"]))
+        asyncio.run(client.container_start(c))
+        seen_c = _report(priv, c)
+        assert seen_c["seen"] == []
+        assert seen_c["shm_key"] is False
+        assert seen_c["uid"] not in {uid_a, status[b]["uid"]}
+        for name in (b, c):
+            asyncio.run(client.container_destroy(name))
+    assert _mounts() == host_mounts
+
+
+def test_a_restart_and_a_restarted_hive_priv_keep_the_sandbox_and_the_pid(priv: PrivEnv) -> None:
+    token = secrets.token_hex(4)
+    probe = _program(priv, "probe.py", PROBE)
+    client = PrivClient(priv.socket, timeout=60)
+    name = priv.agent_name()
+    asyncio.run(client.container_create(name, [SYSTEM_PYTHON, probe, token, "1", "read"]))
+    first = asyncio.run(client.container_start(name))
+    assert _report(priv, name)["mine_before"] is False
+    # Each run gets a fresh /tmp: what the last run left is gone.
+    again = asyncio.run(client.container_restart(name))
+    seen = _report(priv, name)
+    assert seen["mine_before"] is False
+    assert again["pid"] == seen["pid"] != first["pid"]
+    # hive-priv restarted: it adopts the sandboxed agent by pid and start time.
+    priv.stop()
+    priv.start()
+    adopted = asyncio.run(client.container_status())[name]
+    assert (adopted["state"], adopted["pid"]) == ("running", seen["pid"])
+    stopped = asyncio.run(client.container_stop(name))
+    assert stopped["state"] == "stopped"
+    assert processes_of_uid(adopted["uid"]) == []
+    asyncio.run(client.container_destroy(name))
+
+
+def test_an_agent_cannot_take_its_sandbox_apart(priv: PrivEnv) -> None:
+    token = secrets.token_hex(4)
+    attack = _program(priv, "attack.py", ATTACK)
+    client = PrivClient(priv.socket, timeout=60)
+    name = priv.agent_name()
+    assert priv.proc is not None
+    # hive-priv's pid, given away: its /proc/<pid>/root is the host's root.
+    argv = [SYSTEM_PYTHON, attack, token, str(priv.proc.pid)]
+    with _host_marker(token) as marker:
+        asyncio.run(client.container_create(name, argv))
+        asyncio.run(client.container_start(name))
+        out = _report(priv, name)
+        assert marker.read_text() == "the host's"
+    assert "the host's" not in json.dumps(out), out
+    assert out["direct"] == "FileNotFoundError"
+    assert out["host_process_root"] == "FileNotFoundError"  # hidepid: no such pid
+    assert out["pid_1_root"] == "FileNotFoundError"
+    assert out["umount"] == os.strerror(1)  # EPERM: no CAP_SYS_ADMIN
+    assert out["after_umount"] == "FileNotFoundError"
+    # In a user namespace of its own, the tmpfs is locked to what it covers.
+    assert out["in_userns"]["userns"] in {"ok", os.strerror(1), os.strerror(28)}
+    if out["in_userns"]["userns"] == "ok":
+        assert out["in_userns"]["umount"] == os.strerror(22)  # EINVAL: locked mount
+        assert out["in_userns"]["read"] == "FileNotFoundError"
+    asyncio.run(client.container_destroy(name))
+
+
+# Where STATE and RUN live under /tmp (a development set-up): the agent's own
+# state/ and socket directory are bound into its private /tmp, nothing else.
+TMP_AGENT = r"""
+import json, os, socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(os.environ["HIVE_SOCKET"])
+s.sendall(b"hello")
+seen = {
+    "tmp": sorted(os.listdir("/tmp")),
+    "base": sorted(os.listdir(sys.argv[1])),
+    "host": os.path.exists(sys.argv[2]),
+}
+state = os.environ["HIVE_STATE_DIR"]
+with open(os.path.join(state, ".report"), "w") as f:
+    json.dump(seen, f)
+os.rename(os.path.join(state, ".report"), os.path.join(state, "report.json"))
+time.sleep(600)
+"""
+
+
+def test_state_and_socket_stay_reachable_when_state_and_run_live_under_tmp() -> None:
+    require_root()
+    token = secrets.token_hex(4)
+    with priv_env_under("/tmp") as env, _host_marker(token) as marker:
+        env.start()
+        client = PrivClient(env.socket, timeout=60)
+        name = env.agent_name()
+        argv = [SYSTEM_PYTHON, "-c", TMP_AGENT, str(env.base), str(marker)]
+        asyncio.run(client.container_create(name, argv))
+        listener = asyncio.run(client.socket_create(name))
+        try:
+            asyncio.run(client.container_start(name))
+            listener.settimeout(20)
+            conn, _ = listener.accept()
+            with conn:
+                assert conn.recv(16) == b"hello"
+        finally:
+            listener.close()
+        seen = _report(env, name)
+        # Only the stubs down to its own paths: not the host's /tmp, not the
+        # rest of the test's directory (hive-priv's log, the policy copy).
+        assert seen == {"tmp": [env.base.name], "base": ["run", "state"], "host": False}
+        asyncio.run(client.container_destroy(name))
+
+
+# --- uid allocation ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def marks() -> Iterator[IdMarkStore]:
+    require_root()
+    base = Path(tempfile.mkdtemp(prefix="hbm-", dir="/run"))
+    try:
+        yield IdMarkStore(base / "priv" / "agent-ids.json")
+    finally:
+        subprocess.run(["rm", "-rf", "--", str(base)], check=False)
+
+
+def _free_ids(count: int) -> range:
+    # A stretch of the agents' range nobody uses now (tests run concurrently).
+    while True:
+        start = 90000 + secrets.randbelow(9000)
+        ids = range(start, start + count)
+        if not any(host_id_in_use(i) for i in ids):
+            return ids
+
+
+@contextlib.contextmanager
+def _users(names: list[str]) -> Iterator[list[str]]:
+    try:
+        yield names
+    finally:
+        for name in names:
+            remove_system_user(name)
+
+
+def test_ids_are_handed_out_once_skip_taken_ones_and_run_out_clearly(marks: IdMarkStore) -> None:
+    ids = _free_ids(4)
+    token = secrets.token_hex(3)
+    names = [f"hbu{token}{i}" for i in range(5)]
+    with _users(names):
+        first = allocate_agent_user(names[0], marks, ids)
+        assert (first.uid, first.gid, first.created) == (ids[0], ids[0], True)
+        # The mark is durable, in hive-priv's own 0600 file, and past the id.
+        assert json.loads(marks.path.read_text())["next_id"] == ids[0] + 1
+        assert stat.S_IMODE(marks.path.stat().st_mode) == 0o600
+        remove_system_user(names[0])
+        # Someone else takes the next id meanwhile: it is skipped.
+        other: SystemUser = create_user_with_id(names[1], ids[1])
+        assert other.uid == ids[1]
+        second = allocate_agent_user(names[2], marks, ids)
+        assert second.uid == ids[2]  # not ids[0] (freed), not ids[1] (taken)
+        # A failing useradd (the name exists) still used up its id: the mark
+        # moved before useradd ran, so no id is ever tried twice.
+        with pytest.raises(HiveError):
+            allocate_agent_user(names[2], marks, ids)
+        assert json.loads(marks.path.read_text())["next_id"] == ids[3] + 1
+        with pytest.raises(IdsExhausted, match="no agent uid left") as e:
+            allocate_agent_user(names[4], marks, ids)
+        assert e.value.status == 503
+        assert lookup_user(names[4]) is None
+
+
+def test_a_destroyed_agents_uid_is_not_reused_even_across_a_hive_priv_restart(
+    priv: PrivEnv,
+) -> None:
+    client = PrivClient(priv.socket, timeout=60)
+    seen: list[int] = []
+    for round_ in range(3):
+        name = priv.agent_name()
+        made = asyncio.run(client.container_create(name, [SYSTEM_PYTHON, "-c", "pass"]))
+        user = lookup_user(f"hive-a-{name}")
+        assert user is not None
+        assert made["uid"] == user.uid == user.gid
+        seen.append(user.uid)
+        asyncio.run(client.container_destroy(name))
+        assert lookup_user(f"hive-a-{name}") is None
+        if round_ == 1:
+            priv.stop()
+            priv.start()
+    assert seen == sorted(set(seen)), seen
