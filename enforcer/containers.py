@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import signal
@@ -381,6 +382,7 @@ _MS_NOEXEC = 0x8
 _MS_BIND = 0x1000
 _MS_REC = 0x4000
 _MS_PRIVATE = 0x40000
+_MNT_DETACH = 0x2
 
 
 def paths_to_keep(needed: Sequence[Path], private: Sequence[str]) -> list[tuple[str, Path]]:
@@ -412,6 +414,7 @@ def _libc() -> ctypes.CDLL:
         ctypes.c_char_p,
     ]
     libc.unshare.argtypes = [ctypes.c_int]
+    libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
     return libc
 
 
@@ -448,6 +451,7 @@ def _enter_sandbox(needed: Sequence[Path]) -> None:
       there dies with its last process.
     - The agent's own paths that a private directory covers are bound back
       (opened before the tmpfs hides them).
+    - ``/run/netns`` (the network layer's nsfs mounts) is detached.
     - A fresh mqueue filesystem on ``/dev/mqueue`` (if present): it shows the
       new IPC namespace's queues, not the host's.
     - A fresh procfs on ``/proc`` with ``hidepid=invisible`` (Linux >= 5.8,
@@ -493,6 +497,13 @@ def _enter_sandbox(needed: Sequence[Path]) -> None:
     finally:
         for fd in fds.values():
             os.close(fd)
+    # The network layer's namespace files (/run/netns/*, nsfs mounts any uid
+    # may open): an open one would pin another agent's namespace after its
+    # destroy. Detached here, the agent sees only their empty placeholders.
+    if libc.umount2(str(NETNS_DIR).encode(), _MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        if err not in {errno.EINVAL, errno.ENOENT}:  # not a mount point, or none at all
+            raise OSError(err, f"umount {NETNS_DIR}: {os.strerror(err)}")
     if os.path.isdir("/dev/mqueue") and not os.path.islink("/dev/mqueue"):
         flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
         _mount(libc, "mqueue", "/dev/mqueue", "mqueue", flags, "")

@@ -65,7 +65,17 @@ def uid_of(pid):
 with open("/proc/sysvipc/shm") as f:
     keys = [int(line.split()[0]) for line in f.readlines()[1:]]
 pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+netns = []
+for entry in os.listdir("/run/netns") if os.path.isdir("/run/netns") else []:
+    try:
+        fd = os.open(os.path.join("/run/netns", entry), os.O_RDONLY)
+    except OSError:
+        continue
+    if os.readlink(f"/proc/self/fd/{fd}").startswith("net:"):
+        netns.append(entry)
+    os.close(fd)
 report = {
+    "netns": netns,
     "pid": os.getpid(),
     "uid": os.getuid(),
     "seen": [p for p in left + [f"/tmp/host-{token}"] if os.path.exists(p)],
@@ -199,6 +209,8 @@ def test_what_an_agent_leaves_reaches_neither_host_nor_other_agent_nor_next_agen
         # ... nor another agent sees it; nor the host's /tmp.
         assert seen_b["seen"] == []
         assert seen_b["shm_key"] is False
+        # No network namespace to open and pin: /run/netns holds placeholders only.
+        assert seen_a["netns"] == seen_b["netns"] == []
         # Each /proc lists only its own uid's processes: not A, not hive-priv, not init.
         assert seen_b["uids"] == [status[b]["uid"]]
         assert seen_b["pid"] in seen_b["pids"]
