@@ -74,7 +74,13 @@ for entry in os.listdir("/run/netns") if os.path.isdir("/run/netns") else []:
     if os.readlink(f"/proc/self/fd/{fd}").startswith("net:"):
         netns.append(entry)
     os.close(fd)
+with open("/proc/self/status") as f:
+    caps = {l.split(":")[0]: int(l.split()[1], 16) for l in f if l.startswith("Cap")}
+with open("/proc/self/status") as f:
+    groups = next(l.split()[1:] for l in f if l.startswith("Groups:"))
 report = {
+    "caps": caps,
+    "groups": groups,
     "netns": netns,
     "pid": os.getpid(),
     "uid": os.getuid(),
@@ -200,6 +206,11 @@ def test_what_an_agent_leaves_reaches_neither_host_nor_other_agent_nor_next_agen
         assert seen_a["seen"] == [f"/tmp/x-{token}", f"/dev/shm/y-{token}", f"/var/tmp/z-{token}"]
         assert seen_a["shm_key"] is True
         assert seen_a["tmp"] == sorted([f"x-{token}", f"run-{a}"])
+        # Dropped before exec: no capability, no supplementary group.
+        for seen in (seen_a, seen_b):
+            assert seen["caps"]["CapEff"] == seen["caps"]["CapPrm"] == 0
+            assert seen["caps"]["CapAmb"] == seen["caps"]["CapInh"] == 0
+            assert seen["groups"] == []
         # The recorded pid is the agent's own process (stop/kill/adoption rely on it).
         assert status[a]["pid"] == seen_a["pid"]
         # Neither the host ...
