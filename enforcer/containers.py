@@ -383,6 +383,7 @@ _MS_BIND = 0x1000
 _MS_REC = 0x4000
 _MS_PRIVATE = 0x40000
 _MNT_DETACH = 0x2
+_PR_SET_NO_NEW_PRIVS = 38
 
 
 def paths_to_keep(needed: Sequence[Path], private: Sequence[str]) -> list[tuple[str, Path]]:
@@ -469,12 +470,15 @@ def _enter_sandbox(needed: Sequence[Path]) -> None:
         err = ctypes.get_errno()
         raise OSError(err, f"unshare(CLONE_NEWNS|CLONE_NEWIPC): {os.strerror(err)}")
     _mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE, "")
-    private = [
-        (top, size)
-        for top, size in PRIVATE_DIRS
-        if stat.S_ISDIR(os.lstat(top).st_mode) and not os.path.islink(top)
-    ]
-    keep = paths_to_keep(needed, [top for top, _ in private])
+    # Where a directory is a symlink (/dev/shm -> /run/shm on older systems),
+    # its target is what must be private; one that does not exist is skipped.
+    sizes: dict[str, int] = {}
+    for top, size in PRIVATE_DIRS:
+        real = os.path.realpath(top)
+        if os.path.isdir(real):
+            sizes.setdefault(real, size)
+    private = list(sizes.items())
+    keep = paths_to_keep([Path(os.path.realpath(p)) for p in needed], list(sizes))
     fds = {
         path: os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         for _, path in keep
@@ -509,6 +513,20 @@ def _enter_sandbox(needed: Sequence[Path]) -> None:
         _mount(libc, "mqueue", "/dev/mqueue", "mqueue", flags, "")
     flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
     _mount(libc, "proc", "/proc", "proc", flags, "hidepid=invisible")
+
+
+def _no_new_privileges() -> None:
+    """``PR_SET_NO_NEW_PRIVS`` for the calling thread, inherited by the agent it forks.
+
+    A per-thread attribute (prctl(2)): hive-priv's other threads keep theirs.
+    The agent can then gain nothing through exec - no setuid/setgid bit, no
+    file capability - as under ``hive-priv.service`` (``NoNewPrivileges=yes``),
+    now also when hive-priv runs without the unit.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(err)}")
 
 
 REMOVE_TIMEOUT = 300.0
@@ -706,6 +724,7 @@ class NetnsBackend:
             try:
                 _enter_netns(netns_path)
                 _enter_sandbox(needed)
+                _no_new_privileges()
                 box["proc"] = subprocess.Popen(
                     rec.command,
                     env=env,

@@ -77,10 +77,12 @@ for entry in os.listdir("/run/netns") if os.path.isdir("/run/netns") else []:
 with open("/proc/self/status") as f:
     caps = {l.split(":")[0]: int(l.split()[1], 16) for l in f if l.startswith("Cap")}
 with open("/proc/self/status") as f:
-    groups = next(l.split()[1:] for l in f if l.startswith("Groups:"))
+    status = {l.split(":")[0]: l.split()[1:] for l in f}
+groups, no_new_privs = status["Groups"], status["NoNewPrivs"]
 report = {
     "caps": caps,
     "groups": groups,
+    "no_new_privs": no_new_privs,
     "netns": netns,
     "pid": os.getpid(),
     "uid": os.getuid(),
@@ -211,6 +213,8 @@ def test_what_an_agent_leaves_reaches_neither_host_nor_other_agent_nor_next_agen
             assert seen["caps"]["CapEff"] == seen["caps"]["CapPrm"] == 0
             assert seen["caps"]["CapAmb"] == seen["caps"]["CapInh"] == 0
             assert seen["groups"] == []
+            # And none to gain through exec (setuid bits, file capabilities).
+            assert seen["no_new_privs"] == ["1"]
         # The recorded pid is the agent's own process (stop/kill/adoption rely on it).
         assert status[a]["pid"] == seen_a["pid"]
         # Neither the host ...
