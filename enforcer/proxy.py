@@ -5,7 +5,11 @@
 - WebSocket upgrades are bridged message by message; server-sent events are
   ordinary streamed responses (each chunk is written as soon as it arrives).
 - Timeouts: ``connect_timeout`` to reach the upstream, ``idle_timeout`` for
-  each read from it (so a long SSE stream lives while it keeps talking).
+  each read from it (so a long SSE stream lives while it keeps talking), and
+  for each wait on the client's request body while it streams upstream: a
+  client silent that long mid-body gets its connection closed and the
+  upstream request is cut off unfinished (:class:`BodyStalled`), never
+  completed or answered.
 - Hop-by-hop headers (RFC 9110 7.6.1: ``Connection`` and every header it
   names, ``Keep-Alive``, ``Proxy-Connection``, ``TE``, ``Trailer``,
   ``Transfer-Encoding``, ``Upgrade``, ``Proxy-Authenticate``,
@@ -35,6 +39,8 @@ from yarl import URL
 
 from enforcer.errors import BadRequest
 from enforcer.upstream import (
+    BodyStalled,
+    ClientBody,
     Upstream,
     UpstreamAnswer,
     UpstreamError,
@@ -45,6 +51,7 @@ from enforcer.upstream import (
 __all__ = [
     "HOP_BY_HOP",
     "SMALL_BODY",
+    "BodyStalled",
     "UpstreamError",
     "UpstreamTimeout",
     "UpstreamUnreachable",
@@ -201,6 +208,17 @@ def _abort(request: web.BaseRequest) -> None:
         transport.close()
 
 
+def _client_body(request: web.Request, idle_timeout: float) -> ClientBody:
+    """The client's body to stream upstream; a stall closes the client's connection."""
+    return ClientBody(request.content, idle_timeout, functools.partial(_abort, request))
+
+
+def _stalled(body: object, error: Exception) -> None:
+    """Raise :class:`BodyStalled` when ``error`` came from the client's stalled body."""
+    if isinstance(body, ClientBody) and body.stalled:
+        raise BodyStalled("the request body stopped arriving") from error
+
+
 async def forward_http(
     request: web.Request,
     session: aiohttp.ClientSession,
@@ -217,14 +235,17 @@ async def forward_http(
     ``body`` replaces the client's body when the caller had to read it (a small
     form), otherwise the client's body streams through. ``check_response``
     sees the upstream's status and headers before anything is sent and may
-    refuse the answer by raising (e.g. :class:`UpstreamError`).
+    refuse the answer by raising (e.g. :class:`UpstreamError`). A streamed
+    body that stalls for the session's read timeout raises
+    :class:`BodyStalled` (the client's connection is closed already).
     """
     data: object
     if body is not None:
         data = body
         headers["Content-Length"] = str(len(body))
     elif request.body_exists:
-        data = request.content
+        timeout = session.timeout.sock_read
+        data = _client_body(request, timeout) if timeout else request.content
     else:
         data = None
     try:
@@ -232,10 +253,13 @@ async def forward_http(
             request.method, url, headers=headers, data=data, allow_redirects=False
         )
     except TimeoutError as e:
+        _stalled(data, e)
         raise UpstreamTimeout("the upstream did not answer in time") from e
     except (aiohttp.ClientConnectorError, aiohttp.ClientOSError) as e:
+        _stalled(data, e)
         raise UpstreamUnreachable("the upstream is unreachable") from e
     except aiohttp.ClientError as e:
+        _stalled(data, e)
         raise UpstreamError("the upstream failed") from e
     return await _relay(
         request, upstream, response_drop=response_drop, check_response=check_response
@@ -258,9 +282,14 @@ async def forward_core(
     if body is not None:
         answer = await upstream.request(request.method, target, headers, body)
     elif request.body_exists:
-        answer = await upstream.request(
-            request.method, target, headers, request.content, length=request.content_length
-        )
+        streamed = _client_body(request, upstream.idle_timeout)
+        try:
+            answer = await upstream.request(
+                request.method, target, headers, streamed, length=request.content_length
+            )
+        except UpstreamError as e:
+            _stalled(streamed, e)
+            raise
     else:
         answer = await upstream.request(request.method, target, headers)
     return await _relay(request, answer)

@@ -39,7 +39,11 @@ What is whose:
   once on a new connection when its method is idempotent and its body can be
   sent again, as ``ClientSession`` does.
 - **Timeouts.** ``connect_timeout`` to get a connection (waiting for a free
-  slot, then connecting); ``idle_timeout`` for each read of the answer.
+  slot, then connecting); ``idle_timeout`` for each read of the answer, and
+  for each wait on a streamed request body (:class:`ClientBody`): a client
+  that stops sending mid-body fails the request with :class:`BodyStalled`,
+  and the upstream connection is cut, so the upstream never takes the part
+  it got for a whole request.
 - **Errors** before the answer starts are :class:`UpstreamError` subclasses
   (502 unreachable or broken, 504 timeout); errors while the body streams are
   aiohttp's payload errors, as with ``ClientSession``.
@@ -50,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import re
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -63,6 +68,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from enforcer.errors import HiveError
 
 __all__ = [
+    "BodyStalled",
+    "ClientBody",
     "Upstream",
     "UpstreamAnswer",
     "UpstreamError",
@@ -81,6 +88,8 @@ _MAX_HEADERS = 128
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CONTENT_LENGTH = hdrs.CONTENT_LENGTH
 _TRANSFER_ENCODING = hdrs.TRANSFER_ENCODING
+# Most bytes of a streamed body taken from the client's buffer at once.
+_BODY_CHUNK = 1 << 16
 
 
 class UpstreamError(HiveError):
@@ -99,6 +108,94 @@ class UpstreamTimeout(UpstreamError):
 
     status = 504
     code = "gateway_timeout"
+
+
+class BodyStalled(HiveError):
+    """The client sent nothing of its request body for ``idle_timeout`` seconds."""
+
+    status = 408
+    code = "request_timeout"
+
+
+class ClientBody:
+    """A client's request body on its way upstream; it fails when the client stalls.
+
+    Iterating gives the chunks as they arrive. Only a read that must wait for
+    the client is timed, by one timer per body, armed at the first wait and
+    moved along by later ones (never re-created per chunk): a body that came
+    with its head costs no timer at all. When a wait lasts ``idle`` seconds,
+    the client's stream is failed with :class:`BodyStalled` (so whoever reads
+    it - this client or aiohttp's - stops, and must not finish the upstream
+    request), :attr:`stalled` is set and ``on_stall`` runs (the gateway cuts
+    the client's connection: nothing half-forwarded is answered).
+    """
+
+    __slots__ = ("_content", "_deadline", "_idle", "_on_stall", "_timer", "_waiting", "stalled")
+
+    def __init__(
+        self,
+        content: StreamReader,
+        idle: float,
+        on_stall: Callable[[], None] | None = None,
+    ) -> None:
+        self._content = content
+        self._idle = idle
+        self._on_stall = on_stall
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._waiting = False
+        self.stalled = False
+
+    def __aiter__(self) -> ClientBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        content = self._content
+        chunk = content.read_nowait(
+            _BODY_CHUNK
+        )  # what has arrived (raises a failed stream's error)
+        if chunk:
+            return chunk
+        if not content.at_eof():
+            chunk = await self._wait()
+        if not chunk:
+            self._stop()
+            raise StopAsyncIteration
+        return chunk
+
+    async def _wait(self) -> bytes:
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + self._idle
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadline, self._check)
+        self._waiting = True
+        try:
+            return await self._content.readany()
+        except BaseException:  # failed, cut off or abandoned: the body ends here
+            self._stop()
+            raise
+        finally:
+            self._waiting = False
+
+    def _check(self) -> None:
+        self._timer = None
+        if not self._waiting:
+            return  # the client sent something; the next wait arms a timer again
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:  # a later wait moved the deadline
+            self._timer = loop.call_at(self._deadline, self._check)
+            return
+        self.stalled = True
+        self._content.set_exception(
+            BodyStalled(f"no request body bytes for {self._idle:g} seconds")
+        )
+        if self._on_stall is not None:
+            self._on_stall()
+
+    def _stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class _Connection(ResponseHandler):
@@ -207,6 +304,11 @@ class Upstream:
     ) -> None:
         self.close()
 
+    @property
+    def idle_timeout(self) -> float:
+        """Seconds any one read may wait: of the answer, or of a streamed request body."""
+        return self._idle_timeout
+
     def close(self) -> None:
         """Close idle connections now and every busy one when it is released."""
         self._closed = True
@@ -218,7 +320,7 @@ class Upstream:
         method: str,
         target: str,
         headers: CIMultiDict[str],
-        body: bytes | StreamReader | None = None,
+        body: bytes | StreamReader | ClientBody | None = None,
         *,
         length: int | None = None,
     ) -> UpstreamAnswer:
@@ -227,8 +329,11 @@ class Upstream:
         ``headers`` are sent as given, except that the body's framing headers
         (``Content-Length``, ``Transfer-Encoding``) are set here. ``body`` is
         the whole body, or a stream of ``length`` bytes (``None``: unknown,
-        sent chunked).
+        sent chunked); a bare stream is read as a :class:`ClientBody` with
+        ``idle_timeout``.
         """
+        if isinstance(body, StreamReader):
+            body = ClientBody(body, self._idle_timeout)
         if (
             not target.startswith("/")
             or " " in target
@@ -250,7 +355,7 @@ class Upstream:
             head = _serialize_head(f"{method} {target} HTTP/1.1", headers)
         except (ValueError, TypeError) as e:
             raise UpstreamError(f"refused to send a malformed request head: {e}") from e
-        retry = method in _IDEMPOTENT and not isinstance(body, StreamReader)
+        retry = method in _IDEMPOTENT and not isinstance(body, ClientBody)
         while True:
             conn, reused = await self._acquire()
             try:
@@ -330,7 +435,7 @@ class Upstream:
         conn: _Connection,
         method: str,
         head: bytes,
-        body: bytes | StreamReader | None,
+        body: bytes | ClientBody | None,
         length: int | None,
     ) -> UpstreamAnswer:
         conn.set_response_params(
@@ -347,7 +452,7 @@ class Upstream:
         if transport is None:
             raise ServerDisconnectedError()
         sent = _Sent()
-        if isinstance(body, StreamReader):
+        if isinstance(body, ClientBody):
             transport.write(head)
             sent.task = asyncio.ensure_future(_send_stream(conn, body, length, sent))
         else:
@@ -403,13 +508,13 @@ def _serialize_head(status_line: str, headers: CIMultiDict[str]) -> bytes:
 
 
 async def _send_stream(
-    conn: _Connection, body: StreamReader, length: int | None, sent: _Sent
+    conn: _Connection, body: ClientBody, length: int | None, sent: _Sent
 ) -> None:
     """Stream the client's body upstream: exactly ``length`` bytes, or chunked."""
     transport = conn.transport
     count = 0
     try:
-        async for chunk in body.iter_any():
+        async for chunk in body:
             if transport is None or transport.is_closing():
                 return
             count += len(chunk)

@@ -1,0 +1,247 @@
+"""How a gateway worker holds client connections: a cap, a head deadline, an fd budget.
+
+aiohttp's server bounds only how long a kept-alive connection may sit between
+requests (``keepalive_timeout``, whose default is an hour); a client could
+otherwise hold connections without ever finishing a request. This module is
+the worker's server (:class:`GatewayRunner`, used by
+:func:`enforcer.gateway.make_runner`, so every site on the runner gets it):
+
+- **Connection cap.** At most ``max_connections`` connections per worker are
+  open at once; one accepted past the cap is closed before anything is read
+  (the same idea as the core's ``_CappedSockSite`` in :mod:`enforcer.transport`).
+  Counted when accepted, uncounted when lost: nothing per request.
+- **Request-head deadline.** A new connection must deliver its first complete
+  request head within ``header_timeout`` of being accepted (after the TLS
+  handshake, which :class:`GatewaySite` bounds by the same time), else it is
+  closed; afterwards the next head must be complete within
+  ``keepalive_timeout`` of the previous response - idle or half-sent alike,
+  which is how aiohttp's keep-alive check already treats a connection still
+  waiting for a head. Both ride on aiohttp's one keep-alive timer per
+  connection (moved earlier once, at accept): no timer per request.
+- **File descriptors.** The cap is lowered, with a warning, to what
+  ``RLIMIT_NOFILE`` allows for the clients, one upstream connection each (the
+  upstream pools are bounded by :data:`UPSTREAM_LIMIT`) and a reserve; a
+  worker first raises its soft limit towards that need (:func:`raise_fd_limit`).
+
+A request body that stalls is the proxy's business
+(:class:`enforcer.upstream.ClientBody`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import socket
+import ssl
+from typing import Any, cast
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from enforcer.log import get_logger
+
+__all__ = [
+    "FD_RESERVE",
+    "UPSTREAM_LIMIT",
+    "GatewayRunner",
+    "GatewaySite",
+    "connections_for",
+    "fds_needed",
+    "raise_fd_limit",
+]
+
+_log = get_logger("enforcer.serving")
+
+UPSTREAM_LIMIT = 256
+"""Connections each of the gateway's three upstream pools may hold.
+
+(The core's HTTP, the core's WebSockets, agent UIs.)
+"""
+
+FD_RESERVE = 64
+"""Descriptors a worker keeps for itself: the listener, the loop, logs, session and policy files."""
+
+_UPSTREAM_FDS = 3 * UPSTREAM_LIMIT
+# asyncio's default TLS handshake timeout: the longest a site on our runner may
+# let a connection handshake before the handler ever hears of it.
+_HANDSHAKE_LIMIT = 60.0
+
+
+def fds_needed(connections: int) -> int:
+    """Descriptors a worker needs for ``connections`` clients at once.
+
+    Each client holds at most one upstream connection at a time, and the
+    upstream pools never hold more than :data:`UPSTREAM_LIMIT` each.
+    """
+    return connections + min(connections, _UPSTREAM_FDS) + FD_RESERVE
+
+
+def connections_for(fd_limit: int) -> int:
+    """The most clients :func:`fds_needed` fits into ``fd_limit`` descriptors (at least 1)."""
+    room = fd_limit - FD_RESERVE
+    if room >= 2 * _UPSTREAM_FDS:
+        return room - _UPSTREAM_FDS
+    return max(1, room // 2)
+
+
+def _soft_nofile() -> int:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 30
+
+
+def raise_fd_limit(max_connections: int) -> int:
+    """Raise this process's soft ``RLIMIT_NOFILE`` towards what ``max_connections`` needs.
+
+    Never above the hard limit, never lowered. Returns the soft limit now.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = fds_needed(max_connections)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if new > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            except (OSError, ValueError):
+                return soft
+            return new
+    return _soft_nofile()
+
+
+class _Refused(asyncio.Protocol):
+    """Past the cap: close the connection before reading anything."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+class _Handler(RequestHandler):
+    """aiohttp's request handler whose first head is due ``header_timeout`` after accept."""
+
+    __slots__ = ()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        server = cast(_Server, self._manager)
+        # aiohttp just armed its keep-alive timer at keepalive_timeout; a new
+        # connection gets header_timeout instead. _process_keepalive closes the
+        # connection then if start() is still waiting for a complete head (none
+        # or half of one arrived); once a request ran, start() sets the next
+        # deadline at keepalive_timeout and the timer follows it.
+        if self._keepalive_handle is not None:
+            self._keepalive_handle.cancel()
+        deadline = self._loop.time() + server.header_timeout
+        self._next_keepalive_close_time = deadline
+        self._keepalive_handle = self._loop.call_at(deadline, self._process_keepalive)
+
+
+class _Server(web.Server):
+    """aiohttp's server with the worker's connection cap; hands out :class:`_Handler`."""
+
+    def __init__(self, plain: web.Server, *, cap: int, header_timeout: float) -> None:
+        # The same request handler, factory and handler arguments aiohttp built
+        # for the application (AppRunner._make_server), with our handler class.
+        self._handler_kwargs: dict[str, Any] = dict(plain._kwargs)
+        super().__init__(
+            plain.request_handler,
+            request_factory=plain.request_factory,
+            handler_cancellation=plain.handler_cancellation,
+            loop=asyncio.get_running_loop(),
+            **self._handler_kwargs,
+        )
+        self.cap = cap
+        self.header_timeout = header_timeout
+        # Every connection handed a handler and not yet lost -> when accepted.
+        self._open: dict[RequestHandler, float] = {}
+
+    # The loop takes any protocol; aiohttp's annotation names its own handler.
+    def __call__(self) -> asyncio.Protocol:  # type: ignore[override]
+        if len(self._open) >= self.cap and not self._purge():
+            return _Refused()
+        handler = _Handler(self, loop=self._loop, **self._handler_kwargs)
+        self._open[handler] = self._loop.time()
+        return handler
+
+    def _purge(self) -> bool:
+        """Forget handlers whose TLS handshake failed (the loop never told them); any room now?"""
+        stale = self._loop.time() - _HANDSHAKE_LIMIT - 1.0
+        for handler, accepted in list(self._open.items()):
+            if accepted < stale and handler.transport is None:
+                del self._open[handler]
+        return len(self._open) < self.cap
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        self._open.pop(handler, None)
+        super().connection_lost(handler, exc)
+
+    @property
+    def open_connections(self) -> int:
+        """Connections accepted and not yet lost (those still handshaking included)."""
+        return len(self._open)
+
+
+class GatewayRunner(web.AppRunner):
+    """An ``AppRunner`` whose server caps connections and bounds the first request head.
+
+    ``keepalive_timeout`` and the other handler arguments are passed on to
+    aiohttp as usual (keyword arguments).
+    """
+
+    __slots__ = ("_header_timeout", "_max_connections")
+
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        max_connections: int,
+        header_timeout: float,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(app, **kwargs)
+        self._max_connections = max_connections
+        self._header_timeout = header_timeout
+
+    async def _make_server(self) -> web.Server:
+        plain = await super()._make_server()
+        fd_limit = _soft_nofile()
+        cap = min(self._max_connections, connections_for(fd_limit))
+        if cap < self._max_connections:
+            _log.warning(
+                "gateway.max_connections.lowered",
+                max_connections=self._max_connections,
+                now=cap,
+                fd_limit=fd_limit,
+                fds_needed=fds_needed(self._max_connections),
+            )
+        return _Server(plain, cap=cap, header_timeout=self._header_timeout)
+
+
+class GatewaySite(web.SockSite):
+    """``SockSite`` whose TLS handshake must finish within ``handshake_timeout``."""
+
+    __slots__ = ("_handshake_timeout",)
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        sock: socket.socket,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        handshake_timeout: float,
+    ) -> None:
+        super().__init__(runner, sock, ssl_context=ssl_context)
+        self._handshake_timeout = min(handshake_timeout, _HANDSHAKE_LIMIT)
+
+    async def start(self) -> None:
+        """Listen (``web.SockSite.start`` with the handshake timeout passed on)."""
+        await web.BaseSite.start(self)
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        assert server is not None
+        tls = self._ssl_context
+        self._server = await loop.create_server(
+            server,
+            sock=self._sock,
+            ssl=tls,
+            backlog=self._backlog,
+            ssl_handshake_timeout=self._handshake_timeout if tls is not None else None,
+        )

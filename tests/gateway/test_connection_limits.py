@@ -1,0 +1,274 @@
+"""The gateway holds up against connection-level abuse from raw sockets on loopback.
+
+Each attack runs against the real gateway (tests/gateway/stack.py, with small
+``[gateway]`` limits so it is quick) while a logged-in operator keeps being
+served; afterwards the process's open file descriptors are back where they
+were and nothing the gateway logged is a traceback:
+
+- slowloris: request heads sent a byte at a time, on a new connection
+  (closed ``header_timeout`` after accept) and after a first request on a
+  kept-alive one (closed ``keepalive_timeout`` after that answer);
+- a request body that stops mid-way, to the core and to an agent UI, with a
+  length and chunked: the client's connection is closed unanswered after
+  ``idle_timeout`` and the backend never gets the whole request;
+- a connection flood past ``max_connections``: the excess is closed at once,
+  an operator connection already open goes on being served, and once the
+  silent ones have been closed a new operator connection is served too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import traceback
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from enforcer.serving import connections_for, fds_needed
+from enforcer.sessions import cookie_name
+from tests.gateway.stack import Stack
+
+ENFORCER = str(Path(__file__).resolve().parents[2] / "enforcer")
+BOUND = 10.0  # the longest any wait here may take: far above every limit set below
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def _fds_back_to(baseline: int) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + BOUND
+    while _open_fds() > baseline:
+        assert loop.time() < deadline, f"{_open_fds()} fds open, {baseline} before the attack"
+        await asyncio.sleep(0.05)
+
+
+def _gateway_tracebacks(records: list[logging.LogRecord]) -> list[str]:
+    """Log records that are a traceback through the gateway's code, or a lost task."""
+    found = []
+    for record in records:
+        message = record.getMessage()
+        if "Task was destroyed" in message or "Task exception was never retrieved" in message:
+            found.append(message)
+        if record.exc_info and record.exc_info[2] is not None:
+            frames = traceback.extract_tb(record.exc_info[2])
+            if any(frame.filename.startswith(ENFORCER) for frame in frames):
+                found.append(f"{message}: {record.exc_info[1]!r}")
+    return found
+
+
+class Operator:
+    """A logged-in operator whose requests must keep being answered."""
+
+    def __init__(self, stack: Stack, client: aiohttp.ClientSession, cookie: str) -> None:
+        self.stack = stack
+        self.client = client
+        self.cookie = cookie
+
+    async def served(self) -> None:
+        """One operator request through to the core, answered in a bounded time."""
+
+        async def ask() -> None:
+            async with self.client.get(self.stack.url("/api/whoami")) as resp:
+                assert resp.status == 200, await resp.text()
+                assert (await resp.json())["principal"] == "operator"
+
+        await asyncio.wait_for(ask(), BOUND)
+
+
+@contextlib.asynccontextmanager
+async def attacked(
+    caplog: pytest.LogCaptureFixture, *, warm: int = 1, **limits: Any
+) -> AsyncIterator[Operator]:
+    """A gateway with ``limits``, its operator logged in; checks fds and logs afterwards.
+
+    The operator first makes ``warm`` requests at once, so that the pools of
+    connections the gateway keeps to the core already hold as many as the
+    attack makes it use (kept connections are not a leak).
+    """
+    caplog.set_level(logging.INFO)
+    async with Stack(gateway=limits) as stack, stack.client() as client:
+        await stack.login(client)
+        cookie = next(c.value for c in client.cookie_jar if c.key == cookie_name(False))
+        operator = Operator(stack, client, cookie)
+        await asyncio.gather(*(operator.served() for _ in range(warm)))
+        baseline = _open_fds()
+        yield operator
+        await operator.served()
+        await _fds_back_to(baseline)
+    gc.collect()
+    assert _gateway_tracebacks(caplog.records) == []
+
+
+async def _closed_after(
+    port: int, head_bytes: bytes, *, first: bytes = b"", pace: float = 0.05
+) -> float:
+    """Send ``first`` whole (reading its answer), then ``head_bytes`` one byte per ``pace``.
+
+    Returns how long after the start of the trickle the gateway closed the
+    connection; fails if it is still open after :data:`BOUND` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        if first:
+            writer.write(first)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), BOUND)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            await reader.readexactly(length)
+        started = loop.time()
+        closed = asyncio.ensure_future(reader.read())
+        for i in range(int(BOUND / pace)):
+            if closed.done():
+                break
+            with contextlib.suppress(ConnectionError):
+                writer.write(head_bytes[i % len(head_bytes) : i % len(head_bytes) + 1])
+                await writer.drain()
+            await asyncio.wait([closed], timeout=pace)
+        assert closed.done(), "the gateway kept a half-sent request head open"
+        assert closed.result() == b"", closed.result()  # closed, nothing answered
+        return loop.time() - started
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+SLOW_HEAD = b"GET /api/whoami HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"y" * 4000
+
+
+async def test_a_half_sent_first_head_is_closed_after_header_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with attacked(caplog, header_timeout=0.5, keepalive_timeout=30.0) as operator:
+        port = operator.stack.port
+        trickles = [asyncio.ensure_future(_closed_after(port, SLOW_HEAD)) for _ in range(20)]
+        await asyncio.sleep(0.2)
+        await operator.served()
+        took = await asyncio.gather(*trickles)
+        # Closed at its deadline, not at the (much later) keep-alive one.
+        assert max(took) < 5.0, took
+
+
+async def test_a_silent_new_connection_is_closed_after_header_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with attacked(caplog, header_timeout=0.5, keepalive_timeout=30.0) as operator:
+        loop = asyncio.get_running_loop()
+        reader, writer = await asyncio.open_connection("127.0.0.1", operator.stack.port)
+        started = loop.time()
+        assert await asyncio.wait_for(reader.read(), BOUND) == b""
+        assert loop.time() - started < 5.0
+        writer.close()
+
+
+async def test_a_half_sent_head_on_a_reused_connection_is_closed_after_keepalive_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with attacked(caplog, header_timeout=0.3, keepalive_timeout=1.0) as operator:
+        port = operator.stack.port
+        first = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        trickles = [
+            asyncio.ensure_future(_closed_after(port, SLOW_HEAD, first=first)) for _ in range(10)
+        ]
+        await asyncio.sleep(0.2)
+        await operator.served()
+        took = await asyncio.gather(*trickles)
+        assert max(took) < 5.0, took
+
+
+def _upload_head(operator: Operator, target: str, framing: str) -> bytes:
+    stack = operator.stack
+    lines = [
+        f"POST {target} HTTP/1.1",
+        f"Host: 127.0.0.1:{stack.port}",
+        f"Cookie: {cookie_name(False)}={operator.cookie}",
+        f"X-CSRF-Token: {stack.csrf}",
+        f"Origin: {stack.origin}",
+        "Content-Type: application/octet-stream",
+        framing,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("target", ["/api/upload", "/agent/alpha/upload"], ids=["core", "agent"])
+async def test_a_stalled_request_body_is_cut_off_unanswered_and_never_completed(
+    caplog: pytest.LogCaptureFixture, target: str, chunked: bool
+) -> None:
+    async with attacked(caplog, warm=5, idle_timeout=0.5) as operator:
+        stack = operator.stack
+        backend = stack.agent if target.startswith("/agent/") else stack.core
+        part = b"x" * 1000
+        if chunked:
+            sent = _upload_head(operator, target, "Transfer-Encoding: chunked")
+            sent += b"%x\r\n%b\r\n" % (len(part), part)
+        else:
+            sent = _upload_head(operator, target, "Content-Length: 100000") + part
+        stalled = []
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+            writer.write(sent)  # ... and then nothing more
+            stalled.append((reader, writer))
+        await asyncio.wait_for(backend.first_chunk.wait(), BOUND)  # it got part of a body
+        await operator.served()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for reader, writer in stalled:
+            # Closed without an answer: no status line for a body never finished.
+            assert await asyncio.wait_for(reader.read(), BOUND) == b""
+            writer.close()
+        assert loop.time() - started < 5.0
+        assert backend.upload_bytes == 0  # no backend ever read a whole upload
+        assert len([s for s in backend.seen if s.raw_path.endswith("/upload")]) == 5
+
+
+async def test_a_flood_past_max_connections_is_closed_at_once_and_the_operator_is_served(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cap = 8
+    async with attacked(
+        caplog, max_connections=cap, header_timeout=1.5, keepalive_timeout=30.0
+    ) as operator:
+        loop = asyncio.get_running_loop()
+        port = operator.stack.port
+        flood = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4 * cap)]
+        started = loop.time()
+        ends = [asyncio.ensure_future(reader.read()) for reader, _ in flood]
+        done, _ = await asyncio.wait(ends, timeout=0.7)
+        # The operator's own connection holds one place: everything past the
+        # cap was closed long before the admitted ones' head deadline.
+        assert len(done) >= 4 * cap - (cap - 1), len(done)
+        assert all(end.result() == b"" for end in done)
+        await operator.served()  # on the connection it already had
+        await asyncio.wait_for(asyncio.gather(*ends), BOUND)  # silent: closed at the deadline
+        assert loop.time() - started < 5.0
+        for _, writer in flood:
+            writer.close()
+        async with operator.stack.client(cookies={cookie_name(False): operator.cookie}) as fresh:
+            # A new connection is let in again.
+            await Operator(operator.stack, fresh, operator.cookie).served()
+
+
+@given(st.integers(min_value=1, max_value=1 << 22))
+def test_the_connection_cap_the_fd_limit_allows_fits_in_that_limit(fd_limit: int) -> None:
+    allowed = connections_for(fd_limit)
+    assert allowed >= 1
+    if fd_limit >= fds_needed(1):
+        assert fds_needed(allowed) <= fd_limit
+        assert fds_needed(allowed + 1) > fd_limit
