@@ -155,9 +155,10 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import parse_qs, quote
 
 import aiohttp
@@ -205,6 +206,7 @@ __all__ = [
 ]
 
 _log = get_logger("enforcer.gateway")
+_T = TypeVar("_T")
 
 AGENT_CSP = "sandbox allow-scripts allow-forms; frame-ancestors 'self'"
 """Every response in the agent space carries this: no ``allow-same-origin``."""
@@ -703,6 +705,21 @@ async def _read_form(request: web.Request) -> bytes:
     return b"".join(chunks)
 
 
+async def _within_idle(request: web.Request, read: Awaitable[_T]) -> _T:
+    """A small body the gateway reads itself (a form), within ``idle_timeout`` in all.
+
+    A client that stops sending it has its connection closed, unanswered
+    (:class:`proxy.BodyStalled`), as when a body streamed upstream stalls.
+    """
+    try:
+        async with asyncio.timeout(request.app[CONFIG].gateway.idle_timeout):
+            return await read
+    except TimeoutError as e:
+        if request.transport is not None:
+            request.transport.close()
+        raise proxy.BodyStalled("the request body stopped arriving") from e
+
+
 async def _require_csrf(request: web.Request) -> bytes | None:
     """Session + same origin + CSRF token, or :class:`Forbidden`; returns a read form body."""
     session = request.get(_SESSION)
@@ -716,7 +733,7 @@ async def _require_csrf(request: web.Request) -> bytes | None:
         length = request.content_length
         if length is not None and length > FORM_LIMIT:
             raise BadRequest(f"form bodies over {FORM_LIMIT} bytes need the {CSRF_HEADER} header")
-        body = await _read_form(request)
+        body = await _within_idle(request, _read_form(request))
         if len(body) > FORM_LIMIT or not request.content.at_eof():
             raise BadRequest(f"form bodies over {FORM_LIMIT} bytes need the {CSRF_HEADER} header")
         try:
@@ -772,7 +789,7 @@ async def _login(request: web.Request) -> web.StreamResponse:
     if not _origin_ok(request):
         raise Forbidden("cross-origin login refused (Origin / Sec-Fetch-Site)")
     try:
-        form = await request.post()
+        form = await _within_idle(request, request.post())
     except (UnicodeDecodeError, ValueError) as e:
         raise BadRequest("the login form could not be read (UTF-8 form fields expected)") from e
     token = form.get("token")

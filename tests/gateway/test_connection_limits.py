@@ -192,15 +192,22 @@ async def test_a_half_sent_head_on_a_reused_connection_is_closed_after_keepalive
         assert max(took) < 5.0, took
 
 
-def _upload_head(operator: Operator, target: str, framing: str) -> bytes:
+def _upload_head(
+    operator: Operator,
+    target: str,
+    framing: str,
+    *,
+    content_type: str = "application/octet-stream",
+    csrf_header: bool = True,
+) -> bytes:
     stack = operator.stack
     lines = [
         f"POST {target} HTTP/1.1",
         f"Host: 127.0.0.1:{stack.port}",
         f"Cookie: {cookie_name(False)}={operator.cookie}",
-        f"X-CSRF-Token: {stack.csrf}",
+        *([f"X-CSRF-Token: {stack.csrf}"] if csrf_header else []),
         f"Origin: {stack.origin}",
-        "Content-Type: application/octet-stream",
+        f"Content-Type: {content_type}",
         framing,
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
@@ -236,6 +243,31 @@ async def test_a_stalled_request_body_is_cut_off_unanswered_and_never_completed(
         assert loop.time() - started < 5.0
         assert backend.upload_bytes == 0  # no backend ever read a whole upload
         assert len([s for s in backend.seen if s.raw_path.endswith("/upload")]) == 5
+
+
+@pytest.mark.parametrize("target", ["/login", "/api/answer"], ids=["login", "csrf-form"])
+async def test_a_stalled_form_the_gateway_reads_itself_is_cut_off_unanswered(
+    caplog: pytest.LogCaptureFixture, target: str
+) -> None:
+    # The login form, and a form whose CSRF token the gateway must read
+    # before anything goes to the core.
+    async with attacked(caplog, idle_timeout=0.5) as operator:
+        stack = operator.stack
+        head = _upload_head(
+            operator,
+            target,
+            "Content-Length: 1000",
+            content_type="application/x-www-form-urlencoded",
+            csrf_header=False,
+        )
+        before = stack.core.state_changes
+        reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+        writer.write(head + b"token=abc&csrf_token=")
+        await asyncio.sleep(0.1)
+        await operator.served()
+        assert await asyncio.wait_for(reader.read(), BOUND) == b""
+        writer.close()
+        assert stack.core.state_changes == before
 
 
 async def test_a_flood_past_max_connections_is_closed_at_once_and_the_operator_is_served(
