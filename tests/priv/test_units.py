@@ -84,3 +84,25 @@ def test_core_and_gateway_are_unprivileged_and_hardened() -> None:
             "RestrictSUIDSGID": "yes",
         }.items():
             assert svc[key] == value, key
+
+
+# Process attributes a service's children inherit (seccomp filters, namespace
+# and network sandboxing): in hive-priv's unit they would also bind the agents,
+# which are hive-priv's children.
+_INHERITED_BY_CHILDREN = (
+    "RestrictAddressFamilies",
+    "SystemCallFilter",
+    "PrivateNetwork",
+    "IPAddressDeny",
+    "MemoryDenyWriteExecute",
+    "RestrictNamespaces",
+)
+
+
+def test_hive_privs_unit_takes_nothing_from_its_agents_that_they_need() -> None:
+    # Found in review: RestrictAddressFamilies=AF_UNIX AF_NETLINK on hive-priv
+    # passed to every agent process, which then could not open a TCP socket
+    # for its web UI (the gateway's only way in) or its granted egress.
+    svc = _unit("hive-priv.service")["Service"]
+    present = sorted(key for key in _INHERITED_BY_CHILDREN if key in svc)
+    assert present == [], f"hive-priv.service sets {present}: its agents would inherit them"
