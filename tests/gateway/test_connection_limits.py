@@ -88,13 +88,14 @@ class Operator:
 
 @contextlib.asynccontextmanager
 async def attacked(
-    caplog: pytest.LogCaptureFixture, *, warm: int = 1, **limits: Any
+    caplog: pytest.LogCaptureFixture, *, warm: int = 1, warm_agent: bool = False, **limits: Any
 ) -> AsyncIterator[Operator]:
     """A gateway with ``limits``, its operator logged in; checks fds and logs afterwards.
 
-    The operator first makes ``warm`` requests at once, so that the pools of
-    connections the gateway keeps to the core already hold as many as the
-    attack makes it use (kept connections are not a leak).
+    The operator first makes ``warm`` requests at once (and one to the agent
+    UI with ``warm_agent``), so that the pools of connections the gateway
+    keeps to its backends already hold as many as the attack makes it use
+    (kept connections are not a leak).
     """
     caplog.set_level(logging.INFO)
     async with Stack(gateway=limits) as stack, stack.client() as client:
@@ -102,6 +103,9 @@ async def attacked(
         cookie = next(c.value for c in client.cookie_jar if c.key == cookie_name(False))
         operator = Operator(stack, client, cookie)
         await asyncio.gather(*(operator.served() for _ in range(warm)))
+        if warm_agent:
+            async with client.get(stack.url("/agent/alpha/warm")) as resp:
+                assert resp.status == 200
         baseline = _open_fds()
         yield operator
         await operator.served()
@@ -243,6 +247,26 @@ async def test_a_stalled_request_body_is_cut_off_unanswered_and_never_completed(
         assert loop.time() - started < 5.0
         assert backend.upload_bytes == 0  # no backend ever read a whole upload
         assert len([s for s in backend.seen if s.raw_path.endswith("/upload")]) == 5
+
+
+@pytest.mark.parametrize("target", ["/api/upload", "/agent/alpha/upload"], ids=["core", "agent"])
+async def test_a_slow_body_that_never_stalls_goes_through_whole(
+    caplog: pytest.LogCaptureFixture, target: str
+) -> None:
+    # Four times idle_timeout in all, but never idle_timeout without a byte.
+    async with attacked(caplog, warm_agent=True, idle_timeout=0.5) as operator:
+        stack = operator.stack
+        backend = stack.agent if target.startswith("/agent/") else stack.core
+        reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+        writer.write(_upload_head(operator, target, "Content-Length: 2000"))
+        for _ in range(20):
+            writer.write(b"z" * 100)
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), BOUND)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        writer.close()
+        assert backend.upload_bytes == 2000
 
 
 @pytest.mark.parametrize("target", ["/login", "/api/answer"], ids=["login", "csrf-form"])
