@@ -40,6 +40,7 @@ __all__ = [
     "HiveConfig",
     "default_policy_dir",
     "load_config",
+    "parse_listen",
 ]
 
 DEFAULT_CONFIG_PATH = Path("/etc/hive/hive.toml")
@@ -167,7 +168,7 @@ class GatewayConfig:
     keepalive_timeout: float = 75.0
     # Worker processes sharing the listening port (sessions are self-verifying,
     # so any worker serves any request): one per CPU unless set.
-    workers: int = field(default_factory=lambda: max(1, len(os.sched_getaffinity(0))))
+    workers: int = field(default_factory=lambda: min(64, max(1, len(os.sched_getaffinity(0)))))
 
     def __post_init__(self) -> None:
         _check_text("gateway", self, ("host", "user"))
@@ -295,6 +296,21 @@ def _convert(key: str, value: object, annotation: str, where: str) -> object:
     return value
 
 
+def parse_listen(value: object) -> tuple[str, int]:
+    """``HOST:PORT`` (an IPv6 host in brackets) as (host, port); :class:`ConfigError` if not."""
+    text = value if isinstance(value, str) else ""
+    host, _, port = text.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    if "[" in host or "]" in host or (":" in host) != bracketed:
+        host = ""  # brackets around an IPv6 address, and only there
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if not host or not (port.isascii() and port.isdigit() and len(port) <= 5):
+        raise ConfigError(f"must be HOST:PORT ([ADDRESS]:PORT for IPv6), got {value!r}")
+    return host, int(port)
+
+
 def load_config(path: Path | None = None) -> HiveConfig:
     """Parse the configuration file; a missing default file means all defaults.
 
@@ -313,15 +329,19 @@ def load_config(path: Path | None = None) -> HiveConfig:
         raise ConfigError(f"{source}: cannot read: {e}") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: invalid TOML: {e}") from e
+    except RecursionError as e:
+        raise ConfigError(f"{source}: invalid TOML: nested too deeply") from e
+    except ValueError as e:  # an integer past Python's digit limit
+        raise ConfigError(f"{source}: invalid TOML: {e}") from e
     top = {k: v for k, v in data.items() if k not in {"core", "gateway"}}
     config: HiveConfig = _build(HiveConfig, top, str(source))
     core = _build(CoreConfig, _section(data, "core", source), f"{source} [core]")
     gw = _section(data, "gateway", source)
     if "listen" in gw:
-        host, _, port = str(gw.pop("listen")).rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"{source} [gateway]: listen must be HOST:PORT")
-        gw["host"], gw["port"] = host.strip("[]"), int(port)
+        try:
+            gw["host"], gw["port"] = parse_listen(gw.pop("listen"))
+        except ConfigError as e:
+            raise ConfigError(f"{source} [gateway]: listen {e.reason}") from e
     gateway = _build(GatewayConfig, gw, f"{source} [gateway]")
     env = {
         "run_dir": os.environ.get("HIVE_RUN_DIR"),

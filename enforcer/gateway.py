@@ -168,7 +168,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from enforcer import authz, paths, proxy, serving, supervisor
-from enforcer.config import ConfigError, HiveConfig, load_config
+from enforcer.config import ConfigError, HiveConfig, load_config, parse_listen
 from enforcer.errors import BadRequest, Forbidden, HiveError, NotFound, Unavailable
 from enforcer.log import configure_logging, get_logger
 from enforcer.policy import PolicyEngine
@@ -1112,10 +1112,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _config_from_args(args: argparse.Namespace) -> HiveConfig:
     config = load_config(args.config)
     if args.listen:
-        host, _, port = str(args.listen).rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError("--listen must be HOST:PORT")
-        gateway = replace(config.gateway, host=host.strip("[]"), port=int(port))
+        try:
+            host, port = parse_listen(args.listen)
+        except ConfigError as e:
+            raise ConfigError(f"--listen {e.reason}") from e
+        gateway = replace(config.gateway, host=host, port=port)
         config = replace(config, gateway=gateway)
     if args.workers is not None:
         config = replace(config, gateway=replace(config.gateway, workers=args.workers))

@@ -242,7 +242,9 @@ def _read_private(
     when others could read it).
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        # O_NONBLOCK: a FIFO put in its place must not hang the worker in open(2)
+        # (the fstat below then refuses anything but a regular file).
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
     except FileNotFoundError:
         raise
     except OSError as e:
@@ -435,8 +437,11 @@ class Revocations:
 
     def _read(self) -> bytes:
         assert self._path is not None
-        fd = os.open(self._path, os.O_RDONLY | os.O_NOFOLLOW)
+        # O_NONBLOCK and a regular file only: a FIFO in its place must not hang the worker.
+        fd = os.open(self._path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
         with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise OSError(f"{self._path}: not a regular file")
             return f.read()
 
     @staticmethod

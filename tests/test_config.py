@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -8,7 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from enforcer.config import ConfigError, CoreConfig, GatewayConfig, HiveConfig, load_config
+from enforcer.config import (
+    ConfigError,
+    CoreConfig,
+    GatewayConfig,
+    HiveConfig,
+    load_config,
+    parse_listen,
+)
 
 
 def test_missing_default_config_means_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,3 +202,53 @@ def _value(v: object) -> str:
         return "[" + ", ".join(_value(x) for x in v) + "]"
     assert isinstance(v, dict)
     return "{" + ", ".join(f"{k} = {_value(x)}" for k, x in v.items()) + "}"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[gateway]\nlisten = "127.0.0.1:\u00b2"\n',  # "²".isdigit() is True; int("²") raises
+        '[gateway]\nlisten = "127.0.0.1:' + "1" * 5000 + '"\n',  # past int()'s digit limit
+        "[core]\nmax_body_bytes = " + "1" * 5000 + "\n",  # tomllib's ValueError
+        "a = " + "[" * 5000 + "]" * 5000 + "\n",  # tomllib's RecursionError
+        '[gateway]\nlisten = "::1:80"\n',  # IPv6 without brackets
+        '[gateway]\nlisten = "[::1]]:80"\n',
+    ],
+    ids=["superscript-port", "huge-port", "huge-int", "deep-array", "bare-ipv6", "stray-bracket"],
+)
+def test_bad_toml_found_by_the_attack_review_is_a_config_error(tmp_path: Path, text: str) -> None:
+    f = tmp_path / "hive.toml"
+    f.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=str(f)):
+        load_config(f)
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [("127.0.0.1:80", ("127.0.0.1", 80)), ("[::1]:8443", ("::1", 8443)), ("h:1", ("h", 1))],
+)
+def test_listen_is_host_and_port(listen: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(listen) == expected
+
+
+def test_the_command_lines_listen_is_checked_alike(tmp_path: Path) -> None:
+    from enforcer.gateway import _config_from_args
+
+    empty = tmp_path / "hive.toml"
+    empty.write_text("")
+    args = argparse.Namespace(config=empty, listen="127.0.0.1:\u00b2", workers=None)
+    with pytest.raises(ConfigError, match="--listen must be HOST:PORT"):
+        _config_from_args(args)
+
+
+def test_a_host_with_more_than_64_cpus_still_loads_a_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the attack review: the per-CPU default (96 here) failed its own
+    # range check (1-64), so every config was refused on such a host.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(96)))
+    f = tmp_path / "hive.toml"
+    f.write_text("")
+    assert load_config(f).gateway.workers == 64
+    f.write_text("[gateway]\nworkers = 2\n")
+    assert load_config(f).gateway.workers == 2

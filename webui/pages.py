@@ -249,7 +249,10 @@ async def audit_page(request: web.Request) -> web.Response:
     if flt.decision not in _DECISION_VALUES:
         raise BadRequest("decision filter must be allow or deny")
     limit_text = request.query.get("limit", "50")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 1000:
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses (a 500).
+    if not (limit_text.isascii() and limit_text.isdigit() and len(limit_text) <= 4) or not (
+        1 <= int(limit_text) <= 1000
+    ):
         raise BadRequest("limit must be 1-1000")
     ring = list(core.decisions)
     context = {

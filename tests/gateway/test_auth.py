@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import stat
 from http.cookies import SimpleCookie
@@ -338,3 +339,22 @@ async def test_a_token_file_others_can_read_stops_logins_rather_than_keeping_the
         assert "Traceback" not in await resp.text()
     stack.config.operator_token_file.chmod(0o600)
     assert await _login_status(stack, token) == 303
+
+
+async def test_a_fifo_as_the_token_file_refuses_logins_and_the_worker_keeps_serving(
+    stack: Stack,
+) -> None:
+    # Found by an attack review: the token file was opened without O_NONBLOCK,
+    # so a FIFO in its place hung the worker's event loop in open(2) at the
+    # first login attempt; every later request to that worker went unanswered.
+    token = stack.token
+    path = stack.config.operator_token_file
+    path.unlink()
+    os.mkfifo(path, 0o600)
+    try:
+        async with asyncio.timeout(10):
+            assert await _login_status(stack, token) == 503
+            async with stack.client() as client, client.get(stack.url("/login")) as resp:
+                assert resp.status == 200
+    finally:
+        path.unlink()

@@ -228,6 +228,8 @@ async def test_bad_page_parameters_are_clear_4xx(core: Core) -> None:
             "/policy?subject=operator&action=nope",
             "/audit?decision=maybe",
             "/audit?limit=0",
+            "/audit?limit=%C2%B2",  # "²": str.isdigit() says yes, int() refused it (a 500)
+            "/audit?limit=" + "9" * 5000,
         ):
             resp = await op.get(path)
             assert 400 <= resp.status < 500, path
