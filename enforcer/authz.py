@@ -63,6 +63,7 @@ __all__ = [
     "decision_event",
     "json_error",
     "path_resource",
+    "refuse_before_routing",
     "refuse_unrouted",
     "route_bindings",
     "startup_check",
@@ -636,9 +637,18 @@ def refuse_unrouted(request: web.Request, channel: str) -> web.Response:
     when ``request.match_info`` is aiohttp's own "no match" (its
     ``http_exception`` set).
     """
+    return refuse_before_routing(request, channel, BadRequest("the request target must be a path"))
+
+
+def refuse_before_routing(request: web.BaseRequest, channel: str, error: HiveError) -> web.Response:
+    """Refuse ``request`` with ``error`` before any route or enforcer saw it; logged, JSON.
+
+    It gets a request id (also put on the request) and one ``request.refused``
+    line, as the enforcer's own refusals do.
+    """
     request_id = _new_request_id()
     request[REQUEST_ID] = request_id
-    return _refusal(channel, BadRequest("the request target must be a path"), request_id)
+    return _refusal(channel, error, request_id)
 
 
 def _error_response(request: web.Request, error: BaseException) -> web.StreamResponse:

@@ -38,6 +38,8 @@ from typing import Any, cast
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from enforcer import authz
+from enforcer.errors import BadRequest, HiveError
 from enforcer.log import get_logger
 
 __all__ = [
@@ -114,10 +116,52 @@ class _Refused(asyncio.Protocol):
         transport.close()
 
 
+# aiohttp's own answers (below) get what the gateway's hook gives every other one.
+_OWN_ANSWER_HEADERS = {
+    "Server": "hive-boundary",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Cache-Control": "no-store",
+}
+
+
 class _Handler(RequestHandler):
-    """aiohttp's request handler whose first head is due ``header_timeout`` after accept."""
+    """aiohttp's request handler whose first head is due ``header_timeout`` after accept.
+
+    It also answers what aiohttp answers itself - a request its parser
+    refused (a target or method it cannot read, an HTTP/2 preface, a bad
+    header), a handler that failed past the application - the gateway's way:
+    a request id, one ``request.refused`` line, a JSON reason; never
+    aiohttp's page, which names aiohttp and its version and echoes the
+    request line back.
+    """
 
     __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """The gateway's answer to a request aiohttp itself refused or could not serve."""
+        if request.writer.output_size > 0:
+            # aiohttp's own rule: with a response under way, only closing is left.
+            raise ConnectionError("the response is under way: the connection is closed")
+        error: HiveError
+        if status < 500:
+            error = BadRequest("the request could not be read as HTTP/1.1")
+            error.status = status
+        else:
+            error = HiveError("the gateway could not answer this request")
+            error.status = status
+            _log.error("request.failed", status=status, error=repr(exc))
+        response = authz.refuse_before_routing(request, "gateway", error)
+        response.headers.update(_OWN_ANSWER_HEADERS)
+        response.headers["X-Hive-Request-Id"] = request[authz.REQUEST_ID]
+        response.force_close()
+        return response
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)

@@ -174,3 +174,41 @@ def test_a_target_that_is_not_a_path_is_refused_logged_and_never_proxied(
         (request_id, 400, "gateway")
     ]
     assert len(gw.stack.core.seen) == core_seen
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        b"GET * HTTP/1.1",
+        b"HEAD core:80 HTTP/1.1",
+        b"GET file:///etc/passwd HTTP/1.1",
+        b"GET ?x=1 HTTP/1.1",
+        b"FOO / HTTP/1.1",
+        b"PRI * HTTP/2.0",
+        b"GET / HTTP/1.1\r\nBad Header: x",
+    ],
+    ids=["asterisk-get", "authority-head", "file-url", "query-only", "unknown-method", "h2", "hdr"],
+)
+def test_a_request_the_parser_refuses_gets_the_gateways_answer_not_aiohttps(
+    gw: ThreadedStack, request_line: bytes, tmp_path: Path
+) -> None:
+    # Found by an attack review: aiohttp's parser refuses these before any
+    # application code runs, and its own answer named aiohttp and its version,
+    # echoed the request line back and was never logged.
+    log = tmp_path / "gateway.log"
+    with log.open("w") as stream:
+        configure_logging(stream)
+        try:
+            answer = _send(gw, request_line + b"\r\n")
+        finally:
+            configure_logging(io.StringIO())
+    assert 400 <= answer.status < 500, answer
+    assert answer.headers["Server"] == "hive-boundary"
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    body = json.loads(answer.body)
+    assert body["reason"] == "the request could not be read as HTTP/1.1"
+    assert request_line.split(b"\r\n")[0] not in answer.body
+    refused = [
+        e for e in map(json.loads, log.read_text().splitlines()) if e["event"] == "request.refused"
+    ]
+    assert [e["request_id"] for e in refused] == [answer.headers["X-Hive-Request-Id"]]
