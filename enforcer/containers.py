@@ -73,6 +73,7 @@ __all__ = [
     "allocate_agent_user",
     "paths_to_keep",
     "processes_of_uid",
+    "program_dirs",
 ]
 
 NETNS_DIR = Path("/run/netns")
@@ -376,12 +377,14 @@ _TMPFS_INODES = 65536
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWIPC = 0x08000000
+_MS_RDONLY = 0x1
 _MS_NOSUID = 0x2
 _MS_NODEV = 0x4
 _MS_NOEXEC = 0x8
 _MS_BIND = 0x1000
 _MS_REC = 0x4000
 _MS_PRIVATE = 0x40000
+_MS_REMOUNT = 0x20
 _MNT_DETACH = 0x2
 _PR_SET_NO_NEW_PRIVS = 38
 
@@ -434,7 +437,27 @@ def _mount(
         raise OSError(err, f"mount {fstype or 'bind'} on {target}: {os.strerror(err)}")
 
 
-def _enter_sandbox(needed: Sequence[Path]) -> None:
+def program_dirs(command: Sequence[str]) -> list[Path]:
+    """The directories of the files an agent's command names by absolute path (not dirs).
+
+    Its executable and, say, its script (``/srv/x/.venv/bin/python -I
+    /srv/x/agent.py``): a private directory must not hide them when they lie
+    under one (a checkout under ``/tmp``), so :func:`_enter_sandbox` binds
+    these back, read-only. The operator registered the command, so what it
+    names is meant to be run; nothing else of the host's directory comes back.
+    """
+    dirs: list[Path] = []
+    for arg in command:
+        if not arg.startswith("/") or "\0" in arg:
+            continue
+        path = Path(arg)
+        # Files only (a directory argument is data the agent may be refused).
+        if path.is_file() and path.parent not in dirs:
+            dirs.append(path.parent)
+    return dirs
+
+
+def _enter_sandbox(needed: Sequence[Path], programs: Sequence[Path] = ()) -> None:
     """Give the calling thread a mount and an IPC namespace of its own, set up for an agent.
 
     Runs in the short-lived spawn thread; the agent process forked from it
@@ -450,8 +473,9 @@ def _enter_sandbox(needed: Sequence[Path]) -> None:
     - A fresh tmpfs (``nosuid,nodev``, mode 1777, size-bounded) on each of
       :data:`PRIVATE_DIRS` that is a real directory; what the agent leaves
       there dies with its last process.
-    - The agent's own paths that a private directory covers are bound back
-      (opened before the tmpfs hides them).
+    - The agent's own paths (``needed``) that a private directory covers are
+      bound back (opened before the tmpfs hides them), and so are, read-only,
+      the directories of its program (``programs``, :func:`program_dirs`).
     - ``/run/netns`` (the network layer's nsfs mounts) is detached.
     - A fresh mqueue filesystem on ``/dev/mqueue`` (if present): it shows the
       new IPC namespace's queues, not the host's.
@@ -478,7 +502,18 @@ def _enter_sandbox(needed: Sequence[Path]) -> None:
         if os.path.isdir(real):
             sizes.setdefault(real, size)
     private = list(sizes.items())
-    keep = paths_to_keep([Path(os.path.realpath(p)) for p in needed], list(sizes))
+    read_only = {Path(os.path.realpath(p)) for p in programs}
+    writable = [Path(os.path.realpath(p)) for p in needed]
+    # Each kind on its own (a writable path beneath a read-only one is bound
+    # again on top), shallower first: a deeper bind lands on an existing
+    # directory seen through the shallower one, so no stub is made there.
+    keep = sorted(
+        {
+            *paths_to_keep(writable, list(sizes)),
+            *paths_to_keep(sorted(read_only - set(writable)), list(sizes)),
+        },
+        key=lambda kept: len(kept[1].parts),
+    )
     fds = {
         path: os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         for _, path in keep
@@ -498,6 +533,9 @@ def _enter_sandbox(needed: Sequence[Path]) -> None:
                     continue  # a stub made for another path, or inside one bound already
                 os.chmod(here, 0o755)  # noqa: S103 - the agent traverses it; holds nothing
             _mount(libc, f"/proc/thread-self/fd/{fds[path]}", str(path), None, _MS_BIND, "")
+            if path in read_only and path not in writable:
+                flags = _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV
+                _mount(libc, None, str(path), None, flags, "")
     finally:
         for fd in fds.values():
             os.close(fd)
@@ -714,6 +752,7 @@ class NetnsBackend:
 
         # The agent's own paths, bound back if a private directory hides them.
         needed = [agent_dir / "state", self.socket_path(rec.name).parent]
+        programs = program_dirs(rec.command)
 
         def in_namespace() -> None:
             # setns(CLONE_NEWNET) and unshare(CLONE_NEWNS|CLONE_NEWIPC) change
@@ -723,7 +762,7 @@ class NetnsBackend:
             # before exec (Popen user/group/extra_groups), with no preexec_fn.
             try:
                 _enter_netns(netns_path)
-                _enter_sandbox(needed)
+                _enter_sandbox(needed, programs)
                 _no_new_privileges()
                 box["proc"] = subprocess.Popen(
                     rec.command,

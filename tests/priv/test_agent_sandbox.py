@@ -349,6 +349,63 @@ def test_state_and_socket_stay_reachable_when_state_and_run_live_under_tmp() -> 
         asyncio.run(client.container_destroy(name))
 
 
+PROGRAM_UNDER_TMP = r"""
+import json, os, sys, time
+here = os.path.dirname(os.path.abspath(__file__))
+try:
+    open(os.path.join(here, "planted"), "w").close()
+    wrote = "written"
+except OSError as e:
+    wrote = os.strerror(e.errno)
+seen = {
+    "here": sorted(os.listdir(here)),
+    "tmp": sorted(os.listdir("/tmp")),
+    "host": os.path.exists(sys.argv[1]),
+    "wrote": wrote,
+}
+state = os.environ["HIVE_STATE_DIR"]
+with open(os.path.join(state, ".report"), "w") as f:
+    json.dump(seen, f)
+os.rename(os.path.join(state, ".report"), os.path.join(state, "report.json"))
+time.sleep(600)
+"""
+
+
+def test_a_program_under_tmp_still_runs_and_sees_only_its_own_directory_read_only(
+    priv: PrivEnv,
+) -> None:
+    # Found by a clean-clone CI run: a checkout under /tmp (the demo's agent
+    # program and interpreter there) was hidden by the agent's private /tmp,
+    # so no demo agent started. The directories the command names are bound
+    # back, read-only; nothing else of the host's /tmp.
+    token = secrets.token_hex(4)
+    program_dir = Path(tempfile.mkdtemp(prefix=f"hbprog-{token}-", dir="/tmp"))
+    try:
+        program_dir.chmod(0o777)  # writable by its mode: only the bind stops the agent
+        program = program_dir / "agent.py"
+        program.write_text(PROGRAM_UNDER_TMP)
+        program.chmod(0o644)
+        (program_dir / "beside").write_text("")
+        with _host_marker(token) as marker:
+            client = PrivClient(priv.socket, timeout=60)
+            name = priv.agent_name()
+            asyncio.run(client.container_create(name, [SYSTEM_PYTHON, str(program), str(marker)]))
+            try:
+                asyncio.run(client.container_start(name))
+                seen = _report(priv, name)
+            finally:
+                asyncio.run(client.container_destroy(name))
+        assert seen == {
+            "here": ["agent.py", "beside"],
+            "tmp": [program_dir.name],
+            "host": False,
+            "wrote": "Read-only file system",
+        }
+        assert not (program_dir / "planted").exists()
+    finally:
+        subprocess.run(["rm", "-rf", "--", str(program_dir)], check=False)
+
+
 # --- uid allocation ------------------------------------------------------------------------
 
 
