@@ -34,6 +34,7 @@ import ctypes
 import errno
 import json
 import os
+import resource
 import signal
 import socket
 import stat
@@ -63,6 +64,7 @@ from enforcer.users import (
 )
 
 __all__ = [
+    "AGENT_MAX_PROCESSES",
     "PRIVATE_DIRS",
     "ContainerBackend",
     "ContainerRecord",
@@ -313,20 +315,37 @@ def processes_of_uid(uid: int) -> list[int]:
     return found
 
 
-def _signal_if_uid(pid: int, uid: int, sig: signal.Signals) -> None:
-    # pidfd pins the process: after opening it, checking its uid and signalling
-    # it refer to the same process even if the pid number is reused meanwhile.
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        return
-    try:
-        info = _proc_state_uids(pid)
-        if info and uid in info[1]:
-            with contextlib.suppress(OSError):
-                signal.pidfd_send_signal(pidfd, sig)
-    finally:
-        os.close(pidfd)
+def _kill_every_process_of(uid: int, gid: int) -> None:
+    """SIGKILL every process of ``uid`` at once, forking ones included.
+
+    Signalling pids found in ``/proc`` one by one loses to an agent whose
+    processes fork and exit in a chain (each pid is gone by the time its
+    signal is sent, and the scan may not even see the live one): found by an
+    attack review, such an agent outlived ``stop`` and ``destroy``. Instead a
+    short-lived process with the agent's uid calls ``kill(-1, SIGKILL)``: the
+    kernel signals every process that uid may signal - exactly that uid's
+    (an agent cannot change its uid: no capabilities, no new privileges) -
+    holding the task list, so no fork slips past.
+    """
+    if uid <= 0 or uid == os.getuid():
+        raise HiveError(f"refusing to kill every process of uid {uid}")
+    # A fork, no exec: an agent at its process limit (RLIMIT_NPROC) would make
+    # an execve as its uid fail (EAGAIN), and a helper must work then most of
+    # all. The child only drops to the uid and signals: plain system calls.
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child; its exit status says how it went
+        code = 1
+        try:
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            os.kill(-1, signal.SIGKILL)
+            code = 0
+        except BaseException:  # noqa: S110 - reported by the exit status, nothing else to do
+            pass
+        finally:
+            os._exit(code)
+    os.waitpid(pid, 0)
 
 
 _CLONE_NEWNET = 0x40000000
@@ -553,6 +572,24 @@ def _enter_sandbox(needed: Sequence[Path], programs: Sequence[Path] = ()) -> Non
     _mount(libc, "proc", "/proc", "proc", flags, "hidepid=invisible")
 
 
+AGENT_MAX_PROCESSES = 512
+"""Processes (and threads) one agent's uid may have at once (``RLIMIT_NPROC``)."""
+
+
+def _limit_processes() -> None:
+    """Cap the agent's processes at :data:`AGENT_MAX_PROCESSES`, soft and hard.
+
+    ``RLIMIT_NPROC`` counts the processes of the *real uid* - one agent's,
+    since every agent has its own - and a child inherits it. Set on
+    hive-priv itself (a resource limit is per process, not per thread), it
+    binds only its non-root children, the agents: root is exempt from it, so
+    hive-priv's own forks (``useradd``, ``rm``) are not. Without it one agent
+    could fork until the host has no pid left (found by an attack review).
+    """
+    limit = AGENT_MAX_PROCESSES
+    resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
+
+
 def _no_new_privileges() -> None:
     """``PR_SET_NO_NEW_PRIVS`` for the calling thread, inherited by the agent it forks.
 
@@ -764,6 +801,7 @@ class NetnsBackend:
                 _enter_netns(netns_path)
                 _enter_sandbox(needed, programs)
                 _no_new_privileges()
+                _limit_processes()
                 box["proc"] = subprocess.Popen(
                     rec.command,
                     env=env,
@@ -809,12 +847,12 @@ class NetnsBackend:
                     os.killpg(rec.pid, signal.SIGKILL)
         # The agent may have left its session: its uid is dedicated to it, so
         # every process of that uid is part of this container.
+        # At least once: a /proc scan can miss a process that forks and exits
+        # in a chain, so an empty scan proves nothing until after the kill.
         for _ in range(250):
-            pids = processes_of_uid(rec.uid)
-            if not pids:
+            _kill_every_process_of(rec.uid, rec.gid)
+            if not processes_of_uid(rec.uid):
                 break
-            for pid in pids:
-                _signal_if_uid(pid, rec.uid, signal.SIGKILL)
             time.sleep(0.02)
         else:
             raise HiveError(f"processes of {rec.user} survive SIGKILL")
@@ -932,15 +970,18 @@ class NetnsBackend:
             (top / "state", rec.uid, group, 0o2770 if self.core_gid is not None else 0o700),
             (top / "harness", 0, 0, 0o700),
         ):
+            if not os.path.lexists(path):
+                # Recorded before it is made: killed in between, the recovery
+                # removes it (rm -rf of a missing path is a no-op); recorded
+                # after, a kill there left a directory no record named.
+                rec.made_dirs.append(str(path))
+                self._save()
             try:
                 path.mkdir(mode=0o700)
             except FileExistsError:
                 st = path.lstat()
                 if not stat.S_ISDIR(st.st_mode):
                     raise Conflict(f"{path} exists and is not a directory") from None
-            else:
-                rec.made_dirs.append(str(path))
-                self._save()
             os.chown(path, uid, gid, follow_symlinks=False)
             os.chmod(path, mode, follow_symlinks=False)
 

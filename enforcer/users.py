@@ -19,6 +19,7 @@ import contextlib
 import grp
 import pwd
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,6 +176,21 @@ _USERADD_SYSTEM = [
 ]
 
 
+def _shadow(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run a shadow tool (``useradd``, ``userdel``, ...) with its output in a file, not a pipe.
+
+    With pipes, a hive-priv killed mid-call (``tests/reliability/test_priv_kill.py``)
+    leaves the tool writing a warning into a pipe nobody reads: SIGPIPE kills
+    it while it holds ``/etc/passwd.lock``, and every later ``useradd`` on the
+    host fails ("lock ... already used") until that process is reaped.
+    """
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, check=False)
+        out.seek(0)
+        text = out.read(64 * 1024).decode(errors="replace")
+    return subprocess.CompletedProcess(argv, proc.returncode, text, text)
+
+
 def create_user_with_id(name: str, uid: int) -> SystemUser:
     """Create system user ``name`` with uid ``uid`` and its own group ``name`` with gid ``uid``.
 
@@ -185,22 +201,12 @@ def create_user_with_id(name: str, uid: int) -> SystemUser:
     # The group first, with its gid explicit: useradd --user-group gives a
     # system user's group a gid of its own choosing (the lowest free system
     # gid), which would be handed out again like the uids were.
-    group = subprocess.run(
-        ["groupadd", "--system", "--gid", str(uid), name],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    group = _shadow(["groupadd", "--system", "--gid", str(uid), name])
     if group.returncode == _ID_IN_USE:
         raise IdTaken(f"groupadd {name}: gid {uid} in use")
     if group.returncode != 0:
         raise UserError(f"groupadd {name} failed: {group.stderr.strip() or group.returncode}")
-    proc = subprocess.run(
-        [*_USERADD_SYSTEM, "--uid", str(uid), "--gid", str(uid), name],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = _shadow([*_USERADD_SYSTEM, "--uid", str(uid), "--gid", str(uid), name])
     made = lookup_user(name)
     if proc.returncode != 0 or made is None or (made.uid, made.gid) != (uid, uid):
         remove_system_user(name)  # the user if made, else the group made above
@@ -215,12 +221,7 @@ def ensure_system_user(name: str) -> SystemUser:
     existing = lookup_user(name)
     if existing is not None:
         return existing
-    proc = subprocess.run(
-        [*_USERADD_SYSTEM, "--user-group", name],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = _shadow([*_USERADD_SYSTEM, "--user-group", name])
     made = lookup_user(name)
     if made is None:
         raise UserError(f"useradd {name} failed: {proc.stderr.strip() or proc.returncode}")
@@ -238,13 +239,13 @@ def remove_system_user(name: str) -> bool:
             grp.getgrnam(name)
         except KeyError:
             return False
-        proc = subprocess.run(["groupdel", name], capture_output=True, text=True, check=False)
+        proc = _shadow(["groupdel", name])
         if proc.returncode != 0:
             with contextlib.suppress(KeyError):
                 grp.getgrnam(name)
                 raise UserError(f"groupdel {name} failed: {proc.stderr.strip() or proc.returncode}")
         return False
-    proc = subprocess.run(["userdel", name], capture_output=True, text=True, check=False)
+    proc = _shadow(["userdel", name])
     if proc.returncode != 0 and lookup_user(name) is not None:
         raise UserError(f"userdel {name} failed: {proc.stderr.strip() or proc.returncode}")
     return True

@@ -16,16 +16,24 @@ import contextlib
 import json
 import os
 import secrets
+import signal
+import socket
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from enforcer.containers import IdMarkStore, allocate_agent_user, processes_of_uid
+from enforcer.containers import (
+    AGENT_MAX_PROCESSES,
+    IdMarkStore,
+    allocate_agent_user,
+    processes_of_uid,
+)
 from enforcer.errors import HiveError
 from enforcer.priv_client import PrivClient
 from enforcer.users import (
@@ -482,3 +490,85 @@ def test_a_destroyed_agents_uid_is_not_reused_even_across_a_hive_priv_restart(
             priv.stop()
             priv.start()
     assert seen == sorted(set(seen)), seen
+
+
+# --- stopping an agent, however it forks ---------------------------------------------------
+
+# Found by an attack review: a process chain that forks and exits at once is
+# never where a /proc scan saw it, so signalling pids one by one missed it and
+# the agent outlived stop and destroy. It reports its process limit, then
+# forks away from its session and beats on a unix socket the test listens on.
+WANDER = r"""
+import json, os, resource, socket, sys, time
+state = os.environ["HIVE_STATE_DIR"]
+with open(os.path.join(state, ".report"), "w") as f:
+    json.dump({"nproc": resource.getrlimit(resource.RLIMIT_NPROC)}, f)
+os.rename(os.path.join(state, ".report"), os.path.join(state, "report.json"))
+if os.fork() == 0:
+    os.setsid()
+    n = 0
+    while True:
+        n += 1
+        if n % 50 == 0:
+            try:
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                s.sendto(b".", sys.argv[1])
+                s.close()
+            except OSError:
+                pass
+        if os.fork():
+            os._exit(0)
+time.sleep(600)
+"""
+
+
+def _beats_within(sock: socket.socket, seconds: float) -> int:
+    sock.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:  # what arrived before does not count
+            sock.recv(16)
+    sock.settimeout(0.2)
+    count, end = 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        with contextlib.suppress(TimeoutError):
+            sock.recv(16)
+            count += 1
+    return count
+
+
+def _kill_uid(uid: int) -> None:
+    """Cleanup whatever happens: kill(-1) as the uid reaches every process of it."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            os.kill(-1, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
+@pytest.mark.parametrize("op", ["stop", "destroy"])
+def test_an_agent_that_keeps_changing_its_pid_is_gone_after_stop_and_destroy(
+    priv: PrivEnv, op: str
+) -> None:
+    client = PrivClient(priv.socket, timeout=120)
+    name = priv.agent_name()
+    path = str(priv.base / "beats.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as beats:
+        beats.bind(path)
+        os.chmod(path, 0o777)
+        made = asyncio.run(client.container_create(name, [SYSTEM_PYTHON, "-c", WANDER, path]))
+        try:
+            asyncio.run(client.container_start(name))
+            assert _report(priv, name)["nproc"] == [AGENT_MAX_PROCESSES] * 2
+            assert _beats_within(beats, 1.5) > 0, "the agent runs"
+            asyncio.run(getattr(client, f"container_{op}")(name))
+            time.sleep(0.3)
+            assert _beats_within(beats, 1.5) == 0, f"the agent still runs after {op}"
+            assert processes_of_uid(made["uid"]) == []
+        finally:
+            _kill_uid(made["uid"])
+            with contextlib.suppress(HiveError):
+                asyncio.run(client.container_destroy(name))

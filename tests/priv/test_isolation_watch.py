@@ -41,5 +41,13 @@ def test_a_deleted_table_is_restored_with_every_containers_isolation(priv: PrivE
         lambda: (t := _table(priv)) is not None and address in t,
         3 * RECONCILE_SECONDS + 5,
     )
-    events = [json.loads(x) for x in priv.log().splitlines() if x.startswith("{")]
-    assert any(e["event"] == "isolation.repaired" for e in events)
+    # The line is written once the repair is done, a moment after the table is back.
+    wait_until(
+        "isolation.repaired in hive-priv's log",
+        lambda: any(
+            json.loads(x)["event"] == "isolation.repaired"
+            for x in priv.log().splitlines()
+            if x.startswith("{")
+        ),
+        5,
+    )
