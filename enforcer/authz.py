@@ -406,6 +406,9 @@ class Enforcer:
 
     ``guard``, when given, runs first of all (a daemon's own routing check; a
     :class:`HiveError` it raises is answered like any other refusal).
+    ``expect_handler``, when given, replaces aiohttp's answer to an ``Expect``
+    header on every route (aiohttp's sends ``100 Continue`` before anything
+    is authorised).
     """
 
     def __init__(
@@ -417,6 +420,7 @@ class Enforcer:
         path_check: Callable[[str], None] = check_raw_path,
         on_decision: DecisionSink | None = None,
         guard: Callable[[web.Request], None] | None = None,
+        expect_handler: Callable[[web.Request], Awaitable[web.StreamResponse | None]] | None = None,
     ) -> None:
         if channel not in CHANNEL_CLASSES:
             raise UnboundRouteError(f"unknown channel {channel!r}")
@@ -426,6 +430,9 @@ class Enforcer:
         self._path_check = path_check
         self._on_decision = on_decision
         self._guard = guard
+        # aiohttp answers "Expect: 100-continue" on its own, before any route
+        # handler (and so before this enforcer); a daemon may defer it.
+        self._expect_handler = expect_handler
         # Raw paths already found acceptable (a pure check): bounded, restarted when full.
         self._accepted: set[str] = set()
         # (principal, resource, action) -> verdict, valid while its policy is live.
@@ -459,13 +466,17 @@ class Enforcer:
         from_path = isinstance(resource, str | PathResource)
         binding = RouteBinding(action, _resource_fn(resource), from_path)
         enforced = functools.partial(self._run, handler, binding)
-        route = app.router.add_route(method, path, enforced, name=name)
+        route = app.router.add_route(
+            method, path, enforced, name=name, expect_handler=self._expect_handler
+        )
         _bindings(app)[route] = binding
         return route
 
     def install(self, app: web.Application) -> None:
         """After the last :meth:`bind`: the default-deny fallback and the start-up check."""
-        route = app.router.add_route("*", "/{_unmatched:.*}", self._unmatched)
+        route = app.router.add_route(
+            "*", "/{_unmatched:.*}", self._unmatched, expect_handler=self._expect_handler
+        )
         _bindings(app)[route] = _FALLBACK
         if route.resource is not None:
             self._fallbacks.add(route.resource)

@@ -279,6 +279,7 @@ _SESSION_ID: web.RequestKey[str] = web.RequestKey("gateway_session_id", str)
 # Set when a valid view capability (not the cookie) made this request the operator's.
 _VIEW: web.RequestKey[bool] = web.RequestKey("gateway_view", bool)
 _VIEW_REFUSED: web.RequestKey[bool] = web.RequestKey("gateway_view_refused", bool)
+_CONTINUED: web.RequestKey[bool] = web.RequestKey("gateway_continued", bool)
 # A CORS preflight the gateway answered in a capability space: the headers it allows.
 _PREFLIGHT: web.RequestKey[str] = web.RequestKey("gateway_preflight", str)
 _PREFLIGHT_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE"
@@ -680,6 +681,37 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
         headers.setdefault("Strict-Transport-Security", "max-age=31536000")
 
 
+_CONTINUE = "100-continue"
+
+
+async def _expect(request: web.Request) -> web.StreamResponse | None:
+    """The gateway's answer to ``Expect``, before anything is authorised: none, or a 417.
+
+    aiohttp's own would send ``100 Continue`` at once - inviting the body of a
+    request the gateway is about to refuse - and answer another expectation
+    with a plain-text page echoing it. ``100-continue`` is honoured later, by
+    a handler that is about to read the body (:func:`_continue`), so only an
+    authorised request is told to send it.
+    """
+    if request.headers.get("Expect", "").strip().lower() == _CONTINUE:
+        return None
+    error = BadRequest("the only expectation the gateway meets is 100-continue")
+    error.status, error.code = 417, "expectation_failed"
+    return authz.refuse_before_routing(request, "gateway", error)
+
+
+async def _continue(request: web.Request) -> None:
+    """Send ``100 Continue`` if the client waits for it: its request was authorised."""
+    if (
+        request.version == aiohttp.HttpVersion11
+        and request.headers.get("Expect", "").strip().lower() == _CONTINUE
+        and not request.get(_CONTINUED, False)
+    ):
+        request[_CONTINUED] = True
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer itself has not started (as aiohttp does)
+
+
 def _origin_ok(request: web.Request) -> bool:
     return origin_allowed(
         request.headers.get("Origin"),
@@ -733,6 +765,7 @@ async def _require_csrf(request: web.Request) -> bytes | None:
         length = request.content_length
         if length is not None and length > FORM_LIMIT:
             raise BadRequest(f"form bodies over {FORM_LIMIT} bytes need the {CSRF_HEADER} header")
+        await _continue(request)
         body = await _within_idle(request, _read_form(request))
         if len(body) > FORM_LIMIT or not request.content.at_eof():
             raise BadRequest(f"form bodies over {FORM_LIMIT} bytes need the {CSRF_HEADER} header")
@@ -788,6 +821,7 @@ async def _login(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
     if not _origin_ok(request):
         raise Forbidden("cross-origin login refused (Origin / Sec-Fetch-Site)")
+    await _continue(request)
     try:
         form = await _within_idle(request, request.post())
     except (UnicodeDecodeError, ValueError) as e:
@@ -843,6 +877,7 @@ async def _to_core(request: web.Request) -> web.StreamResponse:
     body: bytes | None = None
     if request.method not in _SAFE_METHODS:
         body = await _require_csrf(request)
+    await _continue(request)
     headers = _core_headers(request)
     try:
         if proxy.is_websocket_upgrade(request):
@@ -976,6 +1011,7 @@ async def _agent_ui(request: web.Request) -> web.StreamResponse:
     headers["X-Forwarded-Proto"] = "https" if _tls(config) else "http"
     headers["X-Forwarded-Host"] = _authority(config)
     headers["X-Hive-Request-Id"] = request[authz.REQUEST_ID]
+    await _continue(request)
     try:
         if proxy.is_websocket_upgrade(request):
             return await proxy.forward_websocket(request, request.app[_AGENTS], url, headers)
@@ -1045,6 +1081,7 @@ def create_app(config: HiveConfig, *, engine: PolicyEngine | None = None) -> web
         principal_of=_principal_of,
         path_check=paths.check_target,
         guard=_space_guard,
+        expect_handler=_expect,
     )
     app = web.Application(client_max_size=FORM_LIMIT, middlewares=[_pages_middleware])
     app[CONFIG] = config
@@ -1153,6 +1190,10 @@ def make_runner(app: web.Application, *, shutdown_timeout: float | None = None) 
         max_connections=gw.max_connections,
         header_timeout=gw.header_timeout,
         keepalive_timeout=gw.keepalive_timeout,
+        # After an answer that left a body unread (a refusal), aiohttp keeps
+        # reading it for lingering_time (10 s by default, whatever the limits
+        # say) so the client can see the answer: bounded like any idle read.
+        lingering_time=min(2.0, gw.idle_timeout),
         access_log=None,
         handle_signals=False,
         auto_decompress=False,

@@ -328,3 +328,95 @@ def test_the_connection_cap_the_fd_limit_allows_fits_in_that_limit(fd_limit: int
     if fd_limit >= fds_needed(1):
         assert fds_needed(allowed) <= fd_limit
         assert fds_needed(allowed + 1) > fd_limit
+
+
+# --- Expect and lingering (found by an attack review) ----------------------------------------
+
+
+async def _read_some(reader: asyncio.StreamReader, wait: float) -> bytes:
+    out = b""
+    with contextlib.suppress(TimeoutError):
+        while True:
+            chunk = await asyncio.wait_for(reader.read(65536), wait)
+            if not chunk:
+                break
+            out += chunk
+    return out
+
+
+async def test_no_100_continue_before_authorisation_and_one_after(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # aiohttp answered "Expect: 100-continue" itself, before any route
+    # handler: an anonymous client was invited to send its body, then refused.
+    async with attacked(caplog) as operator:
+        stack = operator.stack
+        reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+        writer.write(
+            b"POST /api/agents HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"
+        )
+        anonymous = await _read_some(reader, 2.0)
+        writer.close()
+        assert anonymous.startswith(b"HTTP/1.1 401"), anonymous[:200]
+        assert b"100 Continue" not in anonymous
+        # The operator's upload waits for the invitation, gets it, and goes through.
+        reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+        body = b"y" * 1000
+        writer.write(
+            _upload_head(operator, "/api/upload", f"Content-Length: {len(body)}")[:-2]
+            + b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+        )
+        invited = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), BOUND)
+        assert invited == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(body)
+        answer = await _read_some(reader, BOUND)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        assert stack.core.upload_bytes == len(body)
+
+
+async def test_an_unknown_expectation_gets_the_gateways_417(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with attacked(caplog) as operator:
+        reader, writer = await asyncio.open_connection("127.0.0.1", operator.stack.port)
+        writer.write(
+            b"POST /api/agents HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: nope\r\n"
+            b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        answer = await _read_some(reader, BOUND)
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 417"), head
+    assert b"x-hive-request-id" in head.lower()
+    assert b"nope" not in body  # the header is not echoed back
+    assert b"the only expectation the gateway meets is 100-continue" in body
+
+
+async def test_a_refused_requests_trickled_body_is_not_held_for_long(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # After answering, aiohttp read an unread body for 10 s (its lingering
+    # time), whatever [gateway] said: a refused request held its slot so long.
+    async with attacked(caplog, idle_timeout=1.0) as operator:
+        head = (
+            b"POST /api/agents HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+        )
+        loop = asyncio.get_running_loop()
+        reader, writer = await asyncio.open_connection("127.0.0.1", operator.stack.port)
+        try:
+            writer.write(head)
+            started = loop.time()
+            closed = asyncio.ensure_future(reader.read(-1))
+            while not closed.done() and loop.time() - started < BOUND:
+                with contextlib.suppress(ConnectionError):
+                    writer.write(b"a")
+                    await writer.drain()
+                await asyncio.wait([closed], timeout=0.2)
+            assert closed.done()
+            assert closed.result().startswith(b"HTTP/1.1 401")
+            assert loop.time() - started < 4.0
+        finally:
+            writer.close()
