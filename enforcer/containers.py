@@ -64,6 +64,8 @@ from enforcer.users import (
 )
 
 __all__ = [
+    "AGENT_LOG_KEEP",
+    "AGENT_LOG_LIMIT",
     "AGENT_MAX_PROCESSES",
     "PRIVATE_DIRS",
     "ContainerBackend",
@@ -73,6 +75,7 @@ __all__ = [
     "NetnsBackend",
     "RecordStore",
     "allocate_agent_user",
+    "bound_log",
     "paths_to_keep",
     "processes_of_uid",
     "program_dirs",
@@ -570,6 +573,40 @@ def _enter_sandbox(needed: Sequence[Path], programs: Sequence[Path] = ()) -> Non
         _mount(libc, "mqueue", "/dev/mqueue", "mqueue", flags, "")
     flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
     _mount(libc, "proc", "/proc", "proc", flags, "hidepid=invisible")
+
+
+AGENT_LOG_LIMIT = 8 << 20
+"""Bytes ``harness/agent.log`` may grow to before :func:`bound_log` turns it over."""
+AGENT_LOG_KEEP = 1 << 20
+"""Its newest bytes kept in ``agent.log.1`` when it is turned over."""
+
+
+def bound_log(path: Path, limit: int = AGENT_LOG_LIMIT, keep: int = AGENT_LOG_KEEP) -> bool:
+    """Past ``limit`` bytes, move the newest ``keep`` of ``path`` to ``<path>.1`` and empty it.
+
+    An agent's output goes straight from its process to ``harness/agent.log``
+    (a root-owned file, which a disk quota on the agent's uid would not
+    count): unbounded, one agent printing in a loop fills the disk. hive-priv
+    checks it every second (:meth:`NetnsBackend.bound_logs`). The agent's
+    descriptor is ``O_APPEND``, so after the truncation its writes go on at
+    the new end; lines written between the copy and the truncation are lost.
+    Returns whether the file was turned over.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size <= limit:
+            return False
+        start = max(0, info.st_size - keep)
+        tail = os.pread(fd, info.st_size - start, start)
+        replace_file(path.with_name(path.name + ".1"), tail, mode=0o600)
+        os.ftruncate(fd, 0)
+        return True
+    finally:
+        os.close(fd)
 
 
 AGENT_MAX_PROCESSES = 512
@@ -1080,6 +1117,20 @@ class NetnsBackend:
             return {name: self._info(rec) for name, rec in sorted(self._records.items())}
         finally:
             self._lock.release()
+
+    def bound_logs(self) -> list[str]:
+        """Turn over every agent's output file grown past its limit (:func:`bound_log`).
+
+        Reads only the record names (no lock: a create or destroy in progress
+        is not waited for); returns the agents whose log was turned over.
+        """
+        turned = []
+        for name in list(self._records):
+            path = self.agent_dir(name) / "harness" / "agent.log"
+            with contextlib.suppress(OSError):
+                if bound_log(path):
+                    turned.append(name)
+        return turned
 
     def reap(self) -> None:
         """Notice and reap agents that exited by themselves; skipped while the backend is busy."""

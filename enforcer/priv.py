@@ -156,6 +156,7 @@ class PrivServer:
         self._stop = threading.Event()
         self._next_follow = 0.0
         self._next_reconcile = time.monotonic() + RECONCILE_SECONDS
+        self._next_logs = time.monotonic()
 
     def stop(self) -> None:
         """Make :meth:`serve_forever` return."""
@@ -185,6 +186,21 @@ class PrivServer:
         while not self._stop.wait(0.5):
             self._poll_policy()
             self._poll_isolation()
+            self._poll_logs()
+
+    def _poll_logs(self) -> None:
+        # An agent's output file, root's and beyond any disk quota on its uid,
+        # is kept bounded (containers.bound_log).
+        if time.monotonic() < self._next_logs:
+            return
+        self._next_logs = time.monotonic() + LOG_CHECK_SECONDS
+        try:
+            turned = self.backend.bound_logs()
+        except Exception:
+            _log().exception("agent_log.bound_failed")
+            return
+        for name in turned:
+            _log().warning("agent_log.turned_over", agent=name)
 
     def _poll_policy(self) -> None:
         # Follow the core's live policy revision (at most once a period). The
@@ -373,6 +389,7 @@ def _roles_of(engine: PolicyEngine, name: str) -> tuple[str, ...]:
 
 
 RECONCILE_SECONDS = 3.0
+LOG_CHECK_SECONDS = 1.0
 """How often hive-priv checks its live table and containers' links against what they must be."""
 
 

@@ -29,9 +29,12 @@ from typing import Any
 import pytest
 
 from enforcer.containers import (
+    AGENT_LOG_KEEP,
+    AGENT_LOG_LIMIT,
     AGENT_MAX_PROCESSES,
     IdMarkStore,
     allocate_agent_user,
+    bound_log,
     processes_of_uid,
 )
 from enforcer.errors import HiveError
@@ -572,3 +575,48 @@ def test_an_agent_that_keeps_changing_its_pid_is_gone_after_stop_and_destroy(
             _kill_uid(made["uid"])
             with contextlib.suppress(HiveError):
                 asyncio.run(client.container_destroy(name))
+
+
+# --- the agent's output ---------------------------------------------------------------------
+
+
+def test_bound_log_keeps_the_newest_bytes_and_empties_the_file(tmp_path: Path) -> None:
+    log = tmp_path / "agent.log"
+    with log.open("ab") as writer:  # the agent's descriptor: O_APPEND
+        writer.write(b"a" * 900 + b"b" * 200)
+        writer.flush()
+        assert bound_log(log, limit=1000, keep=100)
+        assert (tmp_path / "agent.log.1").read_bytes() == b"b" * 100
+        assert log.stat().st_size == 0
+        writer.write(b"after")  # goes on at the new end, not at the old offset
+        writer.flush()
+    assert log.read_bytes() == b"after"
+    assert not bound_log(log, limit=1000, keep=100)  # under the limit: left alone
+
+
+CHATTY = r"""
+import os, sys, time
+line = b"x" * 1023 + b"\n"
+for _ in range(24 * 1024):  # 24 MiB of output, as fast as it goes
+    os.write(1, line)
+time.sleep(3)
+os.write(1, b"still here\n")
+time.sleep(600)
+"""
+
+
+def test_an_agent_printing_without_end_cannot_fill_the_disk_with_its_log(priv: PrivEnv) -> None:
+    # Found in review: the agent's stdout goes to harness/agent.log, a root-owned
+    # file no disk quota on the agent's uid would count, and nothing bounded it.
+    client = PrivClient(priv.socket, timeout=60)
+    name = priv.agent_name()
+    log = priv.state_dir / "agents" / name / "harness" / "agent.log"
+    asyncio.run(client.container_create(name, [SYSTEM_PYTHON, "-c", CHATTY]))
+    try:
+        asyncio.run(client.container_start(name))
+        wait_until("the log turned over", (log.parent / "agent.log.1").exists, timeout=20)
+        wait_until("the agent's next line", lambda: b"still here" in log.read_bytes(), timeout=20)
+        assert log.stat().st_size <= AGENT_LOG_LIMIT
+        assert (log.parent / "agent.log.1").stat().st_size <= AGENT_LOG_KEEP
+    finally:
+        asyncio.run(client.container_destroy(name))
