@@ -66,6 +66,7 @@ from enforcer.users import (
 __all__ = [
     "AGENT_LOG_KEEP",
     "AGENT_LOG_LIMIT",
+    "AGENT_MAX_FILE_BYTES",
     "AGENT_MAX_PROCESSES",
     "PRIVATE_DIRS",
     "ContainerBackend",
@@ -598,7 +599,10 @@ def bound_log(path: Path, limit: int = AGENT_LOG_LIMIT, keep: int = AGENT_LOG_KE
         return False
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size <= limit:
+        # Blocks too, not only the size (with a little slack for the
+        # filesystem's block granularity): space reserved past the end counts.
+        over = info.st_size > limit or info.st_blocks * 512 > limit + (64 << 10)
+        if not stat.S_ISREG(info.st_mode) or not over:
             return False
         start = max(0, info.st_size - keep)
         tail = os.pread(fd, info.st_size - start, start)
@@ -609,8 +613,72 @@ def bound_log(path: Path, limit: int = AGENT_LOG_LIMIT, keep: int = AGENT_LOG_KE
         os.close(fd)
 
 
+# A seccomp filter for agents (classic BPF over struct seccomp_data: nr at
+# offset 0, arch at 4): fallocate(2) fails (EOPNOTSUPP), and so does every
+# system call of another ABI (x32 numbers, 32-bit int 0x80), which would
+# reach fallocate under another number. fallocate with FALLOC_FL_KEEP_SIZE
+# on the agent's stdout (harness/agent.log, root's) reserved disk blocks
+# without growing the file - past any size check and any quota on its uid.
+_AUDIT_ARCH = {"x86_64": (0xC000003E, 285), "aarch64": (0xC00000B7, 47)}
+_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_JGE_K, _BPF_RET_K = 0x20, 0x15, 0x35, 0x06
+_SECCOMP_RET_ALLOW, _SECCOMP_RET_ERRNO = 0x7FFF0000, 0x00050000
+_X32_SYSCALL_BIT = 0x40000000
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = (
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    )
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter)))
+
+
+def _seccomp_program(arch: int, fallocate_nr: int) -> list[tuple[int, int, int, int]]:
+    """The filter as (code, jt, jf, k): deny fallocate and foreign ABIs, allow the rest."""
+    # EOPNOTSUPP, as from a filesystem without it: glibc's posix_fallocate
+    # then writes the range instead, which grows the file visibly (bounded).
+    refused = _SECCOMP_RET_ERRNO | errno.EOPNOTSUPP
+    return [
+        (_BPF_LD_W_ABS, 0, 0, 4),  # 0: arch
+        (_BPF_JEQ_K, 0, 3, arch),  # 1: native? on : deny (5)
+        (_BPF_LD_W_ABS, 0, 0, 0),  # 2: nr
+        (_BPF_JGE_K, 1, 0, _X32_SYSCALL_BIT),  # 3: x32? deny (5) : on
+        (_BPF_JEQ_K, 0, 1, fallocate_nr),  # 4: fallocate? deny (5) : allow (6)
+        (_BPF_RET_K, 0, 0, refused),  # 5
+        (_BPF_RET_K, 0, 0, _SECCOMP_RET_ALLOW),  # 6
+    ]
+
+
+def _deny_fallocate() -> None:
+    """Install the agents' seccomp filter on the calling (spawn) thread; its child inherits it.
+
+    Per thread, like no_new_privs (which must be set first): hive-priv's other
+    threads are untouched. On an architecture without an entry the agent
+    starts without it (logged).
+    """
+    entry = _AUDIT_ARCH.get(os.uname().machine)
+    if entry is None:
+        _log().warning("agent.seccomp_unavailable", machine=os.uname().machine)
+        return
+    program = _seccomp_program(*entry)
+    filters = (_SockFilter * len(program))(*(_SockFilter(*insn) for insn in program))
+    fprog = _SockFprog(len(program), filters)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_SECCOMP): {os.strerror(err)}")
+
+
 AGENT_MAX_PROCESSES = 512
 """Processes (and threads) one agent's uid may have at once (``RLIMIT_NPROC``)."""
+AGENT_MAX_FILE_BYTES = 1 << 30
+"""The largest file an agent's process may write (``RLIMIT_FSIZE``)."""
 
 
 def _limit_processes() -> None:
@@ -625,6 +693,11 @@ def _limit_processes() -> None:
     """
     limit = AGENT_MAX_PROCESSES
     resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
+    # And no file the agent writes grows past AGENT_MAX_FILE_BYTES (its log
+    # included, between two of hive-priv's checks). hive-priv, bound by it too,
+    # writes nothing near that size.
+    size = AGENT_MAX_FILE_BYTES
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
 
 
 def _no_new_privileges() -> None:
@@ -838,6 +911,7 @@ class NetnsBackend:
                 _enter_netns(netns_path)
                 _enter_sandbox(needed, programs)
                 _no_new_privileges()
+                _deny_fallocate()
                 _limit_processes()
                 box["proc"] = subprocess.Popen(
                     rec.command,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -31,6 +32,7 @@ import pytest
 from enforcer.containers import (
     AGENT_LOG_KEEP,
     AGENT_LOG_LIMIT,
+    AGENT_MAX_FILE_BYTES,
     AGENT_MAX_PROCESSES,
     IdMarkStore,
     allocate_agent_user,
@@ -618,5 +620,38 @@ def test_an_agent_printing_without_end_cannot_fill_the_disk_with_its_log(priv: P
         wait_until("the agent's next line", lambda: b"still here" in log.read_bytes(), timeout=20)
         assert log.stat().st_size <= AGENT_LOG_LIMIT
         assert (log.parent / "agent.log.1").stat().st_size <= AGENT_LOG_KEEP
+    finally:
+        asyncio.run(client.container_destroy(name))
+
+
+HOG = r"""
+import ctypes, json, os, resource, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+FALLOC_FL_KEEP_SIZE = 1
+rc = libc.fallocate(1, FALLOC_FL_KEEP_SIZE, 0, 256 << 20)
+err = ctypes.get_errno()
+state = os.environ["HIVE_STATE_DIR"]
+with open(os.path.join(state, ".report"), "w") as f:
+    json.dump({"rc": rc, "errno": err, "fsize": resource.getrlimit(resource.RLIMIT_FSIZE)}, f)
+os.rename(os.path.join(state, ".report"), os.path.join(state, "report.json"))
+time.sleep(600)
+"""
+
+
+def test_an_agent_cannot_reserve_disk_through_its_output(priv: PrivEnv) -> None:
+    # Found by an attack review: fallocate(FALLOC_FL_KEEP_SIZE) on its stdout
+    # reserved 256 MiB of root's blocks in harness/agent.log while the file's
+    # size stayed 0 - past the size check and any quota on the agent's uid.
+    client = PrivClient(priv.socket, timeout=60)
+    name = priv.agent_name()
+    log = priv.state_dir / "agents" / name / "harness" / "agent.log"
+    asyncio.run(client.container_create(name, [SYSTEM_PYTHON, "-c", HOG]))
+    try:
+        asyncio.run(client.container_start(name))
+        seen = _report(priv, name)
+        assert (seen["rc"], seen["errno"]) == (-1, errno.EOPNOTSUPP)
+        assert seen["fsize"] == [AGENT_MAX_FILE_BYTES] * 2
+        assert log.stat().st_blocks * 512 <= AGENT_LOG_LIMIT
     finally:
         asyncio.run(client.container_destroy(name))
