@@ -107,13 +107,19 @@ def write_state(state_dir: Path, rel: str, data: bytes, max_bytes: int) -> None:
         write_confined(root, rel, data, max_bytes=max_bytes, make_parents=True, mode=0o600)
 
 
-def state_usage(state_dir: Path) -> tuple[int, int, dict[str, int]]:
-    """(entries, bytes, size by relative path of each file) of ``state_dir``, symlinks not followed.
+def state_usage(
+    state_dir: Path, target: str = "", *, max_entries: int | None = None
+) -> tuple[int, int, int | None]:
+    """(entries, bytes, size of the file ``target`` or None) of ``state_dir``, no symlink followed.
 
     Walked with an explicit stack: an agent's tree may be nested any depth.
+    With ``max_entries`` the walk stops once it has counted more than that
+    (the quota is exceeded whatever else there is): an agent that made
+    200 000 files itself made every walk, and every other agent's writes
+    behind it in the thread pool, slow (found by an attack review).
     """
     entries = total = 0
-    sizes: dict[str, int] = {}
+    found: int | None = None
     stack: list[tuple[Path, str]] = [(state_dir, "")]
     while stack:
         directory, prefix = stack.pop()
@@ -124,6 +130,8 @@ def state_usage(state_dir: Path) -> tuple[int, int, dict[str, int]]:
         with it:
             for entry in it:
                 entries += 1
+                if max_entries is not None and entries > max_entries:
+                    return entries, total, found
                 rel = f"{prefix}{entry.name}"
                 try:
                     st = entry.stat(follow_symlinks=False)
@@ -131,10 +139,11 @@ def state_usage(state_dir: Path) -> tuple[int, int, dict[str, int]]:
                     continue
                 if stat.S_ISREG(st.st_mode):
                     total += st.st_size
-                    sizes[rel] = st.st_size
+                    if rel == target:
+                        found = st.st_size
                 elif stat.S_ISDIR(st.st_mode):
                     stack.append((Path(entry.path), f"{rel}/"))
-    return entries, total, sizes
+    return entries, total, found
 
 
 def list_state(state_dir: Path) -> list[dict[str, Any]]:
@@ -358,8 +367,9 @@ async def state_read(request: web.Request) -> web.Response:
 def _within_quota(core: CoreState, state_dir: Path, rel: str, size: int) -> None:
     """Refuse a write that would take ``state_dir`` past the agent's quota (413)."""
     limits = core.config.core
-    entries, total, sizes = state_usage(state_dir)
-    replaced = sizes.get(rel)
+    entries, total, replaced = state_usage(
+        state_dir, rel, max_entries=limits.max_state_entries_per_agent
+    )
     if total - (replaced or 0) + size > limits.max_state_bytes_per_agent:
         raise PayloadTooLarge(
             f"state/ is limited to {limits.max_state_bytes_per_agent} bytes per agent "
@@ -387,10 +397,14 @@ async def state_write(request: web.Request) -> web.Response:
         # The atomic write's own temporary names, which listings leave out.
         raise BadRequest("names of the form .<name>.tmp are reserved")
     data = await request.read()
-    # A walk of up to max_state_entries_per_agent entries: off the event loop.
-    await asyncio.to_thread(_within_quota, core, _state_dir(core, me), rel, len(data))
-    _still_registered(request)  # nothing awaited from here to the write
-    write_state(_state_dir(core, me), rel, data, limit)
+    # The check and the write under the agent's lock: concurrent writes each
+    # passed the check before any of them wrote (36 times the quota, found by
+    # an attack review). It also keeps one agent to one walk at a time.
+    async with core.state_lock(me):
+        # A walk of up to max_state_entries_per_agent entries: off the event loop.
+        await asyncio.to_thread(_within_quota, core, _state_dir(core, me), rel, len(data))
+        _still_registered(request)  # nothing awaited from here to the write
+        write_state(_state_dir(core, me), rel, data, limit)
     core.db.log(me, "state.written", path=rel, size=len(data))
     core.events.publish("state.written", agent=me, path=rel)
     return web.json_response({"path": rel, "size": len(data)})

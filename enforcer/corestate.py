@@ -201,6 +201,20 @@ class CoreState:
     # The enforcers' decision sink is this ring's append (fair per principal).
     decision_ring: DecisionRing = field(default_factory=DecisionRing)
     instrument: Instrument | None = None
+    # One state/ write at a time per agent: its quota check and its write
+    # together (concurrent writes each passed the check before any wrote).
+    state_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def state_lock(self, agent: str) -> asyncio.Lock:
+        """The lock serialising ``agent``'s writes to its ``state/``."""
+        lock = self.state_locks.get(agent)
+        if lock is None:
+            if len(self.state_locks) >= 4096:
+                # Unlocked ones only: a held lock must stay the one its waiters wait on.
+                for name in [n for n, held in self.state_locks.items() if not held.locked()]:
+                    del self.state_locks[name]
+            lock = self.state_locks[agent] = asyncio.Lock()
+        return lock
 
     @property
     def decisions(self) -> list[dict[str, Any]]:

@@ -7,11 +7,13 @@ or total, on the filesystem that also holds ``hive.db``; one agent wrote about
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from enforcer.agent_api import state_usage
 from tests.core.conftest import Core, make_config, running_core
 
 
@@ -58,3 +60,23 @@ async def test_the_atomic_writes_temporary_names_are_reserved(quota_core: Core) 
     # not keep files the operator never sees listed.
     assert await _put(quota_core, "alpha", ".hidden.tmp", 1) == 400
     assert await _put(quota_core, "alpha", "dir/.x.tmp", 1) == 400
+
+
+async def test_concurrent_writes_cannot_pass_the_quota_together(quota_core: Core) -> None:
+    # Found by an attack review: each of 40 concurrent writes passed the quota
+    # check before any of them wrote, leaving 36 times the quota on disk.
+    core = quota_core
+    statuses = await asyncio.gather(*(_put(core, "alpha", f"c{i}", 4000) for i in range(12)))
+    assert statuses.count(200) == 2  # 8000 of 10000 bytes; a third would pass it
+    assert set(statuses) == {200, 413}
+    _entries, total, _ = state_usage(core.config.agent_dir("alpha") / "state")
+    assert total <= 10_000
+
+
+def test_the_quota_walk_stops_once_past_the_entry_limit(tmp_path: Path) -> None:
+    for i in range(50):
+        (tmp_path / f"f{i}").write_bytes(b"x")
+    entries, _total, _ = state_usage(tmp_path, max_entries=10)
+    assert entries == 11  # counted one past the limit, then stopped
+    entries, total, found = state_usage(tmp_path, "f7")
+    assert (entries, total, found) == (50, 50, 1)
