@@ -32,7 +32,7 @@ from enforcer.confined import (
     write_confined,
 )
 from enforcer.corestate import CORE, CoreState
-from enforcer.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
+from enforcer.errors import BadRequest, Forbidden, HiveError, NotFound, PayloadTooLarge
 from enforcer.openapi import ApiRoute
 from enforcer.transport import AgentBinding, AgentPrincipal, agent_principal
 
@@ -189,10 +189,32 @@ def _state_dir(core: CoreState, name: str) -> Path:
 _WAIT = Schema({"wait": Field("number", required=False, minimum=0, maximum=3600)})
 
 
+class BodyStalled(HiveError):
+    """The agent stopped sending its request body, or taking its answer (connection closed)."""
+
+    status = 408
+    code = "request_timeout"
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The whole request body, within ``[core] agent_io_timeout``; else the connection is closed.
+
+    A body that stops coming held up to its limit of the core's memory for as
+    long as the agent liked (found by an attack review).
+    """
+    try:
+        async with asyncio.timeout(_core(request).config.core.agent_io_timeout):
+            return await request.read()
+    except TimeoutError as e:
+        if request.transport is not None:
+            request.transport.abort()
+        raise BodyStalled("the request body stopped arriving") from e
+
+
 async def _json(request: web.Request, schema: Schema) -> dict[str, Any]:
     core = _core(request)
     check_identity_encoding(request.headers.get("Content-Encoding"))
-    raw = await request.read()
+    raw = await _read_body(request)
     _still_registered(request)
     return parse_body(raw, schema, max_bytes=core.config.core.max_body_bytes)
 
@@ -355,13 +377,27 @@ async def state_list(request: web.Request) -> web.Response:
     return web.json_response({"files": files})
 
 
-async def state_read(request: web.Request) -> web.Response:
+async def state_read(request: web.Request) -> web.StreamResponse:
     """One file of one's own ``state/`` (bytes)."""
     me = _me(request)
     core = _core(request)
     rel = _rel_path(request)
-    data = read_state(_state_dir(core, me), rel, core.config.core.max_state_file_bytes)
-    return web.Response(body=data, content_type="application/octet-stream")
+    async with core.state_transfer(me):
+        data = read_state(_state_dir(core, me), rel, core.config.core.max_state_file_bytes)
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = len(data)
+        await response.prepare(request)
+        try:
+            # An agent that never takes its answer held the file in the core's
+            # memory for as long as it liked (found by an attack review).
+            async with asyncio.timeout(core.config.core.agent_io_timeout):
+                await response.write(data)
+                await response.write_eof()
+        except TimeoutError:
+            # abort, not close: close would still send (and so keep) what is buffered.
+            if request.transport is not None:
+                request.transport.abort()
+        return response
 
 
 def _within_quota(core: CoreState, state_dir: Path, rel: str, size: int) -> None:
@@ -396,15 +432,16 @@ async def state_write(request: web.Request) -> web.Response:
     if any(part.startswith(".") and part.endswith(".tmp") for part in rel.split("/")):
         # The atomic write's own temporary names, which listings leave out.
         raise BadRequest("names of the form .<name>.tmp are reserved")
-    data = await request.read()
-    # The check and the write under the agent's lock: concurrent writes each
-    # passed the check before any of them wrote (36 times the quota, found by
-    # an attack review). It also keeps one agent to one walk at a time.
-    async with core.state_lock(me):
-        # A walk of up to max_state_entries_per_agent entries: off the event loop.
-        await asyncio.to_thread(_within_quota, core, _state_dir(core, me), rel, len(data))
-        _still_registered(request)  # nothing awaited from here to the write
-        write_state(_state_dir(core, me), rel, data, limit)
+    async with core.state_transfer(me):
+        data = await _read_body(request)
+        # The check and the write under the agent's lock: concurrent writes each
+        # passed the check before any of them wrote (36 times the quota, found by
+        # an attack review). It also keeps one agent to one walk at a time.
+        async with core.state_lock(me):
+            # A walk of up to max_state_entries_per_agent entries: off the event loop.
+            await asyncio.to_thread(_within_quota, core, _state_dir(core, me), rel, len(data))
+            _still_registered(request)  # nothing awaited from here to the write
+            write_state(_state_dir(core, me), rel, data, limit)
     core.db.log(me, "state.written", path=rel, size=len(data))
     core.events.publish("state.written", agent=me, path=rel)
     return web.json_response({"path": rel, "size": len(data)})

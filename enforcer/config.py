@@ -75,6 +75,7 @@ _CORE_BOUNDS: dict[str, tuple[float, float]] = {
     "max_journal_rows_per_agent": (1, 10_000_000),
     "max_journal_bytes_per_agent": (1, 1 << 40),
     "long_poll_max_seconds": (0.001, 3600),
+    "agent_io_timeout": (0.001, 3600),
 }
 _GATEWAY_BOUNDS: dict[str, tuple[float, float]] = {
     "port": (1, 65535),
@@ -138,6 +139,10 @@ class CoreConfig:
     max_journal_rows_per_agent: int = 10000
     max_journal_bytes_per_agent: int = 8 << 20
     long_poll_max_seconds: float = 60.0
+    # How long an agent may take to send a request body, or to take a state
+    # file's answer, before its connection is closed: a stalled one pinned
+    # up to 4 MiB of the core's memory for as long as it liked.
+    agent_io_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if self.backend not in CORE_BACKENDS:

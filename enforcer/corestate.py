@@ -12,7 +12,7 @@ import contextlib
 import heapq
 import itertools
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ from enforcer.policy import PolicyEngine
 from enforcer.store import Store
 from enforcer.transport import AgentRegistry, AgentSites, SocketProvider
 
-__all__ = ["CORE", "CoreState", "DecisionRing", "EventHub", "Instrument"]
+__all__ = ["CORE", "STATE_TRANSFERS", "CoreState", "DecisionRing", "EventHub", "Instrument"]
 
 Instrument = Callable[[str, Handler], Handler]
 """Wraps every handler with its action name (metrics; tests count operator calls)."""
@@ -185,6 +185,10 @@ def _seq_of(entry: _Entry) -> int:
     return entry[0]
 
 
+STATE_TRANSFERS = 4
+"""State files one agent may have in transfer (read or written) through the core at once."""
+
+
 @dataclass(slots=True)
 class CoreState:
     """Everything the core's handlers share (created once per core)."""
@@ -204,6 +208,25 @@ class CoreState:
     # One state/ write at a time per agent: its quota check and its write
     # together (concurrent writes each passed the check before any wrote).
     state_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # At most STATE_TRANSFERS state files (up to 4 MiB each) in memory per
+    # agent at once: the others wait before their body or file is read.
+    # [semaphore, users]; an entry lives while someone uses or waits on it.
+    state_slots: dict[str, list[Any]] = field(default_factory=dict)
+
+    @contextlib.asynccontextmanager
+    async def state_transfer(self, agent: str) -> AsyncIterator[None]:
+        """Hold one of ``agent``'s :data:`STATE_TRANSFERS` slots for a state read or write."""
+        entry = self.state_slots.get(agent)
+        if entry is None:
+            entry = self.state_slots[agent] = [asyncio.Semaphore(STATE_TRANSFERS), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0 and self.state_slots.get(agent) is entry:
+                del self.state_slots[agent]
 
     def state_lock(self, agent: str) -> asyncio.Lock:
         """The lock serialising ``agent``'s writes to its ``state/``."""
