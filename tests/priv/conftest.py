@@ -191,33 +191,38 @@ def priv_env_under(parent: str) -> Iterator[PrivEnv]:
     require_root()
     token = secrets.token_hex(3)
     base = Path(tempfile.mkdtemp(prefix="hbp-", dir=parent))
-    # Agents' users must traverse to their state/ and socket.
-    os.chmod(base, 0o755)
-    run_dir, state_dir, policy_dir = base / "run", base / "state", base / "policies"
-    run_dir.mkdir(mode=0o755)
-    state_dir.mkdir(mode=0o755)
-    shutil.copytree(default_policy_dir(), policy_dir, ignore=shutil.ignore_patterns("__*"))
-    v4, v6 = _random_subnets()
-    net = (policy_dir / "network.toml").read_text()
-    net = net.replace('ipv4 = "10.203.0.0/16"', f'ipv4 = "{v4}"')
-    net = net.replace('ipv6 = "fd00:4869:7665::/48"', f'ipv6 = "{v6}"')
-    (policy_dir / "network.toml").write_text(net)
-    with throwaway_user("hbc") as core:
-        env = PrivEnv(
-            base=base,
-            run_dir=run_dir,
-            state_dir=state_dir,
-            policy_dir=policy_dir,
-            core=core,
-            table=f"hbt{token}",
-            netns_prefix=f"hbp{token}-",
-            ifprefix=f"p{token}",
-            log_path=base / "priv.log",
-        )
-        try:
-            yield env
-        finally:
-            _cleanup(env)
+    try:
+        # Agents' users must traverse to their state/ and socket.
+        os.chmod(base, 0o755)
+        run_dir, state_dir, policy_dir = base / "run", base / "state", base / "policies"
+        run_dir.mkdir(mode=0o755)
+        state_dir.mkdir(mode=0o755)
+        shutil.copytree(default_policy_dir(), policy_dir, ignore=shutil.ignore_patterns("__*"))
+        v4, v6 = _random_subnets()
+        net = (policy_dir / "network.toml").read_text()
+        net = net.replace('ipv4 = "10.203.0.0/16"', f'ipv4 = "{v4}"')
+        net = net.replace('ipv6 = "fd00:4869:7665::/48"', f'ipv6 = "{v6}"')
+        (policy_dir / "network.toml").write_text(net)
+        with throwaway_user("hbc") as core:
+            env = PrivEnv(
+                base=base,
+                run_dir=run_dir,
+                state_dir=state_dir,
+                policy_dir=policy_dir,
+                core=core,
+                table=f"hbt{token}",
+                netns_prefix=f"hbp{token}-",
+                ifprefix=f"p{token}",
+                log_path=base / "priv.log",
+            )
+            try:
+                yield env
+            finally:
+                _cleanup(env)
+    finally:
+        # Also when the set-up failed (a throwaway user that could not be
+        # made): the directory went unremoved then.
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
