@@ -56,14 +56,12 @@ from enforcer.sessions import (
     session_dir,
 )
 from enforcer.users import (
-    AGENT_USER_PREFIX,
     CORE_USER,
     GATEWAY_USER,
     SystemUser,
     agent_user_name,
     ensure_system_user,
     lookup_user,
-    remove_system_user,
 )
 
 __all__ = [
@@ -335,8 +333,6 @@ class Demo:
         self.operator: OperatorSession | None = None
         self.core_user: SystemUser | None = None
         self.gateway_user: SystemUser | None = None
-        self.agent_users: dict[str, SystemUser] = {}
-        self._made_users: set[str] = set()
         self._step = 0
 
     # --- small helpers ---------------------------------------------------------
@@ -457,15 +453,14 @@ class Demo:
         shutil.rmtree(self.opts.run_dir, ignore_errors=True)
 
     def create_users(self) -> None:
-        """The service users and one ``hive-a-<name>`` per demo agent (kept if they exist)."""
+        """The service users (kept if they exist).
+
+        Not the agents': registered without a uid, each gets its user from
+        hive-priv, with a uid it never hands out twice (and removes it with
+        the container).
+        """
         self.core_user = ensure_system_user(self.opts.core_user)
         self.gateway_user = ensure_system_user(self.opts.gateway_user)
-        for name, _ in self.opts.agents:
-            user_name = agent_user_name(name, AGENT_USER_PREFIX)
-            made = ensure_system_user(user_name)
-            if made.created:
-                self._made_users.add(user_name)
-            self.agent_users[name] = made
 
     def prepare_files(self) -> None:
         """RUN and STATE as hive-core.service makes them, hive.toml, the operator token."""
@@ -631,7 +626,7 @@ class Demo:
             if name in registered:  # left by a crashed run: start afresh
                 op.api("POST", f"/api/agents/{name}/destroy")
             command = [self.opts.agent_python, "-I", str(SAMPLE_AGENT), "--role", role]
-            body = {"name": name, "uid": self.agent_users[name].uid, "command": command}
+            body = {"name": name, "command": command}  # hive-priv allocates the uid
             op.api("POST", "/api/agents", body)
             op.api("POST", f"/api/agents/{name}/start")
 
@@ -774,10 +769,6 @@ class Demo:
                 _stop_pid(proc)
         self.operator = None
         self.sweep()
-        for user_name in sorted(self._made_users):
-            with contextlib.suppress(HiveError):
-                remove_system_user(user_name)
-        self._made_users.clear()
         for name, _ in self.opts.agents:
             shutil.rmtree(self.opts.state_dir / "agents" / name, ignore_errors=True)
 

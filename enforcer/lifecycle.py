@@ -31,6 +31,15 @@ class LifecycleBackend(Protocol):
         """Prepare everything the agent needs (directories, ...); idempotent."""
         ...
 
+    async def allocate_uid(self, name: str, command: tuple[str, ...]) -> int | None:
+        """Choose the uid of a new agent ``name`` (making what needs it), or None.
+
+        None: this backend does not choose uids; registration must name one.
+        A backend that does (hive-priv's, from a range it never hands out
+        twice) creates the container here; :meth:`destroy` undoes it.
+        """
+        ...
+
     async def start(self, agent: AgentRecord) -> None:
         """Start the agent; :class:`Conflict` if it is already running."""
         ...
@@ -72,6 +81,10 @@ class LocalProcessBackend:
     def _dirs(self, name: str) -> tuple[Path, Path]:
         base = self._config.agent_dir(name)
         return base / "state", base / "harness"
+
+    async def allocate_uid(self, name: str, command: tuple[str, ...]) -> int | None:
+        """None: a local agent runs under the uid registration names."""
+        return None
 
     async def create(self, agent: AgentRecord) -> None:
         """Make ``state/`` (the agent's, 0700) and ``harness/`` (never agent-visible)."""

@@ -20,7 +20,7 @@ from enforcer.agent_api import ID_PATTERN, STATE_PATH_PATTERN, list_state, parse
 from enforcer.bodies import Field, Schema, check_identity_encoding, parse_body, parse_query
 from enforcer.confined import split_rel_path
 from enforcer.corestate import CORE, CoreState
-from enforcer.errors import BadRequest, NotFound, Unavailable
+from enforcer.errors import BadRequest, Conflict, HiveError, NotFound, Unavailable
 from enforcer.log import get_logger
 from enforcer.names import AGENT_NAME
 from enforcer.openapi import ApiRoute
@@ -94,7 +94,16 @@ async def list_agents(request: web.Request) -> web.Response:
 _REGISTER = Schema(
     {
         "name": Field("str", pattern=AGENT_NAME, max_len=25, description="agent name"),
-        "uid": Field("int", minimum=0, maximum=2**31 - 2, description="the agent's uid"),
+        "uid": Field(
+            "int",
+            required=False,
+            minimum=0,
+            maximum=2**31 - 2,
+            description=(
+                "the agent's uid; leave it out to have hive-priv allocate one "
+                "(the priv backend; never a uid it handed out before)"
+            ),
+        ),
         "command": Field(
             "str_list", required=False, max_items=64, max_len=4096, description="argv to run"
         ),
@@ -109,9 +118,37 @@ async def _register_resource(request: web.Request) -> str:
     return f"agent:{body['name']}"
 
 
-async def register_agent(core: CoreState, name: str, uid: int, command: tuple[str, ...]) -> None:
-    """Record the agent, prepare its directories, open its socket (rolls back on failure)."""
-    record = core.db.add_agent(name, uid, command)
+async def register_agent(
+    core: CoreState, name: str, uid: int | None, command: tuple[str, ...]
+) -> None:
+    """Record the agent, prepare its directories, open its socket (rolls back on failure).
+
+    ``uid`` None: the backend allocates one (hive-priv's never reuses a uid);
+    a backend that does not allocate uids refuses that (409).
+    """
+    allocated = False
+    if uid is None:
+        with contextlib.suppress(NotFound):
+            core.db.agent(name)
+            raise Conflict(f"agent {name!r} already exists")
+        try:
+            chosen = await core.backend.allocate_uid(name, command)
+        except HiveError as e:
+            raise Unavailable(f"cannot create agent {name!r}: {e.reason}") from e
+        if chosen is None:
+            # 409: the request is well-formed; this core's backend (its state) cannot serve it.
+            raise Conflict("this core's backend does not allocate uids: name the agent's uid")
+        uid, allocated = chosen, True
+    try:
+        record = core.db.add_agent(name, uid, command)
+    except Conflict:
+        raise  # registered meanwhile (its container, if any, is its own): left alone
+    except Exception:
+        if allocated:  # no row: the container made for it goes too
+            unborn = AgentRecord(name, uid, command, time.time(), "", "", None)
+            with contextlib.suppress(Exception):
+                await core.backend.destroy(unborn)
+        raise
     try:
         await core.backend.create(record)
         await core.agent_sites.add(name, uid)
@@ -125,7 +162,7 @@ async def register(request: web.Request) -> web.Response:
     """Register an agent: a row, its directories and its socket, without restart."""
     body = await _json(request, _REGISTER)
     core = _core(request)
-    await register_agent(core, body["name"], body["uid"], tuple(body.get("command", ())))
+    await register_agent(core, body["name"], body.get("uid"), tuple(body.get("command", ())))
     return web.json_response(_agent_json(core, core.db.agent(body["name"])), status=201)
 
 

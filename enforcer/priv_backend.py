@@ -193,6 +193,24 @@ class PrivLifecycleBackend:
             )
         self._remember(agent.name, info)
 
+    async def allocate_uid(self, name: str, command: tuple[str, ...]) -> int | None:
+        """Create the container of a new agent and return the uid hive-priv gave it.
+
+        hive-priv allocates agent uids from a range past a durable mark, never
+        one twice; :meth:`create` then finds the container made and confirms
+        the uid. A container of that name already there is a conflict: its uid
+        belongs to whatever made it.
+        """
+        self._ensure_poller()
+        if not command:
+            raise Conflict(f"agent {name!r} has no command to run in its container")
+        info = await self._client.container_create(name, command)
+        self._remember(name, info)
+        uid = info.get("uid")
+        if not isinstance(uid, int) or isinstance(uid, bool) or uid <= 0:
+            raise Conflict(f"hive-priv gave agent {name!r} no usable uid ({uid!r})")
+        return uid
+
     async def start(self, agent: AgentRecord) -> None:
         """Start the agent's process in its namespace."""
         self._ensure_poller()

@@ -166,3 +166,17 @@ async def test_an_agent_never_sees_another_agents_question(seeded: Core) -> None
         assert resp.status == 404
         resp = await beta.get("/v1/state/notes.md")
         assert resp.status == 404
+
+
+async def test_registering_without_a_uid_needs_a_backend_that_allocates_one(core: Core) -> None:
+    # The local backend runs agents under the uid registration names: leaving
+    # it out is a clear 409 and registers nothing (hive-priv's backend
+    # allocates one instead: tests/demo registers its agents so).
+    before = core.state.db.snapshot()
+    async with (
+        core.operator() as op,
+        op.post("/api/agents", json={"name": "gamma", "command": ["true"]}) as resp,
+    ):
+        assert resp.status == 409
+        assert "name the agent's uid" in (await resp.json())["reason"]
+    assert core.state.db.snapshot() == before

@@ -34,7 +34,7 @@ import pytest
 from enforcer.config import default_policy_dir
 from enforcer.containers import processes_of_uid
 from enforcer.demo import SAMPLE_AGENT, Demo, DemoOptions
-from enforcer.users import agent_user_name, lookup_user, remove_system_user
+from enforcer.users import AGENT_IDS, agent_user_name, lookup_user, remove_system_user
 from netns.apply import Nft
 from netns.links import list_namespaces
 from tests.conftest import require_root
@@ -156,7 +156,8 @@ def test_each_agent_runs_in_its_own_namespace_as_its_own_uid(stack: Stack) -> No
     assert sorted(agents) == sorted(name for name, _ in stack.opts.agents)
     uids = {a["uid"] for a in agents.values()}
     assert len(uids) == 3
-    assert 0 not in uids
+    # Registered without a uid: hive-priv allocated each from its never-reused range.
+    assert all(uid in AGENT_IDS for uid in uids), uids
     for name, agent in agents.items():
         assert agent["running"] == "running"
         assert f"{stack.opts.netns_prefix}{name}" in list_namespaces(stack.opts.netns_prefix)
@@ -266,7 +267,8 @@ def test_a_second_run_after_a_crash_cleans_up_and_starts(stack: Stack) -> None:
 
 def test_stopping_leaves_nothing_behind(stack: Stack) -> None:
     opts = stack.opts
-    uids = [u.uid for u in stack.demo.agent_users.values()]
+    uids = [a["uid"] for a in stack.demo._op().api("GET", "/api/agents")["agents"]]
+    assert len(uids) == len(opts.agents)
     stack.demo.stop()
     assert list_namespaces(opts.netns_prefix) == []
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
