@@ -572,6 +572,9 @@ def create_agent_app(core: CoreState) -> web.Application:
         channel="socket",
         principal_of=agent_principal(core.registry),
         on_decision=core.decision_ring.append,
+        # The socket is the agent's identity: 100-continue at once, as
+        # aiohttp would; another expectation a logged JSON 417.
+        expect_handler=authz.expect_handler(channel="socket", send_continue=True),
     )
     app[CORE] = core
     for route in ROUTES:

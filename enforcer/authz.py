@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.typedefs import Handler
 from aiohttp.web_urldispatcher import PrefixedSubAppResource
 
@@ -55,12 +55,14 @@ __all__ = [
     "Decider",
     "DecisionSink",
     "Enforcer",
+    "ExpectHandler",
     "PathResource",
     "RouteBinding",
     "UnboundRouteError",
     "check_raw_path",
     "check_routes",
     "decision_event",
+    "expect_handler",
     "json_error",
     "path_resource",
     "refuse_before_routing",
@@ -420,7 +422,7 @@ class Enforcer:
         path_check: Callable[[str], None] = check_raw_path,
         on_decision: DecisionSink | None = None,
         guard: Callable[[web.Request], None] | None = None,
-        expect_handler: Callable[[web.Request], Awaitable[web.StreamResponse | None]] | None = None,
+        expect_handler: ExpectHandler | None = None,
     ) -> None:
         if channel not in CHANNEL_CLASSES:
             raise UnboundRouteError(f"unknown channel {channel!r}")
@@ -649,6 +651,31 @@ def refuse_unrouted(request: web.Request, channel: str) -> web.Response:
     ``http_exception`` set).
     """
     return refuse_before_routing(request, channel, BadRequest("the request target must be a path"))
+
+
+ExpectHandler = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
+
+
+def expect_handler(*, channel: str, send_continue: bool) -> ExpectHandler:
+    """An answer to ``Expect`` for :class:`Enforcer` (``expect_handler=``), in place of aiohttp's.
+
+    ``100-continue``: ``100 Continue`` at once with ``send_continue`` (where
+    the transport already authenticated the client: an agent's socket), or
+    nothing (the gateway sends it once the request is authorised). Any other
+    expectation: a logged JSON 417, not aiohttp's plain-text page echoing it.
+    """
+
+    async def handle(request: web.Request) -> web.StreamResponse | None:
+        if request.headers.get("Expect", "").strip().lower() == "100-continue":
+            if send_continue and request.version == HttpVersion11:
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                request.writer.output_size = 0  # the answer itself has not started
+            return None
+        error = BadRequest("the only expectation met here is 100-continue")
+        error.status, error.code = 417, "expectation_failed"
+        return refuse_before_routing(request, channel, error)
+
+    return handle
 
 
 def refuse_before_routing(request: web.BaseRequest, channel: str, error: HiveError) -> web.Response:

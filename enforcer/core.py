@@ -27,7 +27,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from enforcer import agent_api, authz, operator_api
+from enforcer import agent_api, authz, operator_api, serving
 from enforcer.config import HiveConfig, load_config
 from enforcer.corestate import CORE, CoreState, EventHub, Instrument
 from enforcer.errors import HiveError
@@ -135,8 +135,10 @@ async def _agent_sockets_ctx(app: web.Application) -> AsyncIterator[None]:
     # Shutdown waits for in-flight long polls only briefly: they are read-only.
     # No access log: every request's decision line is the agent surface's log.
     # Bodies as sent: no request body is inflated (Content-Encoding is not taken).
-    runner = web.AppRunner(
+    # What aiohttp's parser refuses gets a logged JSON refusal, not aiohttp's page.
+    runner = serving.HiveRunner(
         agent_app,
+        channel="socket",
         handle_signals=False,
         shutdown_timeout=1.0,
         access_log=None,

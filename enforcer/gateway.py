@@ -684,20 +684,10 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 _CONTINUE = "100-continue"
 
 
-async def _expect(request: web.Request) -> web.StreamResponse | None:
-    """The gateway's answer to ``Expect``, before anything is authorised: none, or a 417.
-
-    aiohttp's own would send ``100 Continue`` at once - inviting the body of a
-    request the gateway is about to refuse - and answer another expectation
-    with a plain-text page echoing it. ``100-continue`` is honoured later, by
-    a handler that is about to read the body (:func:`_continue`), so only an
-    authorised request is told to send it.
-    """
-    if request.headers.get("Expect", "").strip().lower() == _CONTINUE:
-        return None
-    error = BadRequest("the only expectation the gateway meets is 100-continue")
-    error.status, error.code = 417, "expectation_failed"
-    return authz.refuse_before_routing(request, "gateway", error)
+# aiohttp's own would send "100 Continue" at once - inviting the body of a
+# request the gateway is about to refuse; it is sent by a handler about to read
+# the body (_continue), so only an authorised request is told to send it.
+_expect = authz.expect_handler(channel="gateway", send_continue=False)
 
 
 async def _continue(request: web.Request) -> None:

@@ -47,6 +47,7 @@ __all__ = [
     "UPSTREAM_LIMIT",
     "GatewayRunner",
     "GatewaySite",
+    "HiveRunner",
     "connections_for",
     "fds_needed",
     "raise_fd_limit",
@@ -157,7 +158,8 @@ class _Handler(RequestHandler):
             error = HiveError("the gateway could not answer this request")
             error.status = status
             _log.error("request.failed", status=status, error=repr(exc))
-        response = authz.refuse_before_routing(request, "gateway", error)
+        server = cast(_Server, self._manager)
+        response = authz.refuse_before_routing(request, server.channel, error)
         response.headers.update(_OWN_ANSWER_HEADERS)
         response.headers["X-Hive-Request-Id"] = request[authz.REQUEST_ID]
         response.force_close()
@@ -166,6 +168,8 @@ class _Handler(RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         server = cast(_Server, self._manager)
+        if server.header_timeout is None:
+            return
         # aiohttp just armed its keep-alive timer at keepalive_timeout; a new
         # connection gets header_timeout instead. _process_keepalive closes the
         # connection then if start() is still waiting for a complete head (none
@@ -181,7 +185,14 @@ class _Handler(RequestHandler):
 class _Server(web.Server):
     """aiohttp's server with the worker's connection cap; hands out :class:`_Handler`."""
 
-    def __init__(self, plain: web.Server, *, cap: int, header_timeout: float) -> None:
+    def __init__(
+        self,
+        plain: web.Server,
+        *,
+        cap: int | None,
+        header_timeout: float | None,
+        channel: str,
+    ) -> None:
         # The same request handler, factory and handler arguments aiohttp built
         # for the application (AppRunner._make_server), with our handler class.
         self._handler_kwargs: dict[str, Any] = dict(plain._kwargs)
@@ -194,12 +205,13 @@ class _Server(web.Server):
         )
         self.cap = cap
         self.header_timeout = header_timeout
+        self.channel = channel
         # Every connection handed a handler and not yet lost -> when accepted.
         self._open: dict[RequestHandler, float] = {}
 
     # The loop takes any protocol; aiohttp's annotation names its own handler.
     def __call__(self) -> asyncio.Protocol:  # type: ignore[override]
-        if len(self._open) >= self.cap and not self._purge():
+        if self.cap is not None and len(self._open) >= self.cap and not self._purge():
             return _Refused()
         handler = _Handler(self, loop=self._loop, **self._handler_kwargs)
         self._open[handler] = self._loop.time()
@@ -211,7 +223,7 @@ class _Server(web.Server):
         for handler, accepted in list(self._open.items()):
             if accepted < stale and handler.transport is None:
                 del self._open[handler]
-        return len(self._open) < self.cap
+        return self.cap is None or len(self._open) < self.cap
 
     def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
         self._open.pop(handler, None)
@@ -221,6 +233,27 @@ class _Server(web.Server):
     def open_connections(self) -> int:
         """Connections accepted and not yet lost (those still handshaking included)."""
         return len(self._open)
+
+
+class HiveRunner(web.AppRunner):
+    """An ``AppRunner`` whose handlers answer aiohttp's own refusals the hive way.
+
+    A request aiohttp's parser refuses (or one failing past the application)
+    gets a request id, one ``request.refused`` line on ``channel`` and a JSON
+    reason, not aiohttp's page (its name and version, the request line echoed
+    back, a traceback in the log). Used by the core's agent sockets; the
+    gateway's :class:`GatewayRunner` adds its connection limits.
+    """
+
+    __slots__ = ("_channel",)
+
+    def __init__(self, app: web.Application, *, channel: str, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._channel = channel
+
+    async def _make_server(self) -> web.Server:
+        plain = await super()._make_server()
+        return _Server(plain, cap=None, header_timeout=None, channel=self._channel)
 
 
 class GatewayRunner(web.AppRunner):
@@ -256,7 +289,7 @@ class GatewayRunner(web.AppRunner):
                 fd_limit=fd_limit,
                 fds_needed=fds_needed(self._max_connections),
             )
-        return _Server(plain, cap=cap, header_timeout=self._header_timeout)
+        return _Server(plain, cap=cap, header_timeout=self._header_timeout, channel="gateway")
 
 
 class GatewaySite(web.SockSite):

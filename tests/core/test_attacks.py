@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import logging
 import os
 import resource
 import shutil
@@ -368,3 +369,40 @@ def test_one_agent_holding_idle_connections_cannot_lock_the_operator_out(
             break
         assert time.monotonic() < deadline, reply
         time.sleep(0.1)
+
+
+AIOHTTP_REFUSES = {
+    "a target its parser refuses": b"GET /v1/questions/\xd9\xa3 HTTP/1.1\r\nHost: a\r\n\r\n",
+    "an impossible length": (
+        b"POST /v1/messages HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n"
+    ),
+    "an HTTP/2 preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    "an unknown expectation": b"GET /v1/whoami HTTP/1.1\r\nHost: a\r\nExpect: weird\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("attack", sorted(AIOHTTP_REFUSES))
+async def test_what_aiohttp_refuses_on_an_agent_socket_is_a_logged_json_refusal(
+    counted: tuple[Core, collections.Counter[str]],
+    attack: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Found by an attack review: aiohttp answered these itself before any
+    # route - plain text naming aiohttp, the request echoed - and logged a
+    # traceback per request (an agent could fill the core's log with them).
+    core, calls = counted
+    caplog.set_level(logging.INFO)
+    reader, writer = await asyncio.open_unix_connection(str(core.config.agent_socket("alpha")))
+    try:
+        writer.write(AIOHTTP_REFUSES[attack])
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(65536), 5)
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.split(b" ", 2)[1] in {b"400", b"413", b"417"}, head
+    assert b"application/json" in head
+    assert json.loads(body)["request_id"]
+    assert AIOHTTP_REFUSES[attack].split(b"\r\n")[0] not in body  # nothing echoed
+    assert not [r for r in caplog.records if r.exc_info], caplog.text[-1500:]
+    assert not calls  # no handler ran

@@ -391,7 +391,7 @@ async def test_an_unknown_expectation_gets_the_gateways_417(
     assert head.startswith(b"HTTP/1.1 417"), head
     assert b"x-hive-request-id" in head.lower()
     assert b"nope" not in body  # the header is not echoed back
-    assert b"the only expectation the gateway meets is 100-continue" in body
+    assert b"the only expectation met here is 100-continue" in body
 
 
 async def test_a_refused_requests_trickled_body_is_not_held_for_long(
