@@ -13,6 +13,7 @@ import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +35,21 @@ def _send(gw: ThreadedStack, head: bytes, body: bytes = b"", timeout: float = 10
         request_line + b"\r\n" + host + rest + b"Connection: close\r\n\r\n" + body,
         timeout=timeout,
     )
+
+
+def _send_logged(
+    gw: ThreadedStack, head: bytes, tmp_path: Path
+) -> tuple[RawResponse, list[dict[str, Any]]]:
+    """:func:`_send`, with the gateway's log caught: the answer and its request.refused lines."""
+    log = tmp_path / "gateway.log"
+    with log.open("w") as stream:
+        configure_logging(stream)
+        try:
+            answer = _send(gw, head)
+        finally:
+            configure_logging(io.StringIO())
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    return answer, [e for e in events if e["event"] == "request.refused"]
 
 
 def _logged_in(gw: ThreadedStack) -> bytes:
@@ -156,20 +172,11 @@ def test_a_target_that_is_not_a_path_is_refused_logged_and_never_proxied(
     # enforcer's fallback, so aiohttp answered a bare "404: Not Found" that no
     # log line recorded. Now: a 400 with a reason and a request id, logged.
     core_seen = len(gw.stack.core.seen)
-    log = tmp_path / "gateway.log"
-    with log.open("w") as stream:
-        configure_logging(stream)
-        try:
-            answer = _send(gw, request_line + b"\r\n")
-        finally:
-            configure_logging(io.StringIO())
+    answer, refused = _send_logged(gw, request_line + b"\r\n", tmp_path)
     assert answer.status == 400, answer
     assert b"the request target must be a path" in answer.body  # a small page
     request_id = answer.headers["X-Hive-Request-Id"]
     assert "aiohttp" not in answer.headers.get("Server", "")
-    refused = [
-        e for e in map(json.loads, log.read_text().splitlines()) if e["event"] == "request.refused"
-    ]
     assert [(e["request_id"], e["status"], e["channel"]) for e in refused] == [
         (request_id, 400, "gateway")
     ]
@@ -195,20 +202,11 @@ def test_a_request_the_parser_refuses_gets_the_gateways_answer_not_aiohttps(
     # Found by an attack review: aiohttp's parser refuses these before any
     # application code runs, and its own answer named aiohttp and its version,
     # echoed the request line back and was never logged.
-    log = tmp_path / "gateway.log"
-    with log.open("w") as stream:
-        configure_logging(stream)
-        try:
-            answer = _send(gw, request_line + b"\r\n")
-        finally:
-            configure_logging(io.StringIO())
+    answer, refused = _send_logged(gw, request_line + b"\r\n", tmp_path)
     assert 400 <= answer.status < 500, answer
     assert answer.headers["Server"] == "hive-boundary"
     assert answer.headers["X-Content-Type-Options"] == "nosniff"
     body = json.loads(answer.body)
     assert body["reason"] == "the request could not be read as HTTP/1.1"
     assert request_line.split(b"\r\n")[0] not in answer.body
-    refused = [
-        e for e in map(json.loads, log.read_text().splitlines()) if e["event"] == "request.refused"
-    ]
     assert [e["request_id"] for e in refused] == [answer.headers["X-Hive-Request-Id"]]

@@ -610,16 +610,23 @@ time.sleep(600)
 def test_an_agent_printing_without_end_cannot_fill_the_disk_with_its_log(priv: PrivEnv) -> None:
     # Found in review: the agent's stdout goes to harness/agent.log, a root-owned
     # file no disk quota on the agent's uid would count, and nothing bounded it.
-    client = PrivClient(priv.socket, timeout=60)
-    name = priv.agent_name()
-    log = priv.state_dir / "agents" / name / "harness" / "agent.log"
-    asyncio.run(client.container_create(name, [SYSTEM_PYTHON, "-c", CHATTY]))
-    try:
-        asyncio.run(client.container_start(name))
+    with _running(priv, CHATTY) as name:
+        log = priv.state_dir / "agents" / name / "harness" / "agent.log"
         wait_until("the log turned over", (log.parent / "agent.log.1").exists, timeout=20)
         wait_until("the agent's next line", lambda: b"still here" in log.read_bytes(), timeout=20)
         assert log.stat().st_size <= AGENT_LOG_LIMIT
         assert (log.parent / "agent.log.1").stat().st_size <= AGENT_LOG_KEEP
+
+
+@contextlib.contextmanager
+def _running(priv: PrivEnv, code: str) -> Iterator[str]:
+    """A container running ``python -c code``, destroyed afterwards; yields its name."""
+    client = PrivClient(priv.socket, timeout=60)
+    name = priv.agent_name()
+    asyncio.run(client.container_create(name, [SYSTEM_PYTHON, "-c", code]))
+    try:
+        asyncio.run(client.container_start(name))
+        yield name
     finally:
         asyncio.run(client.container_destroy(name))
 
@@ -643,15 +650,9 @@ def test_an_agent_cannot_reserve_disk_through_its_output(priv: PrivEnv) -> None:
     # Found by an attack review: fallocate(FALLOC_FL_KEEP_SIZE) on its stdout
     # reserved 256 MiB of root's blocks in harness/agent.log while the file's
     # size stayed 0 - past the size check and any quota on the agent's uid.
-    client = PrivClient(priv.socket, timeout=60)
-    name = priv.agent_name()
-    log = priv.state_dir / "agents" / name / "harness" / "agent.log"
-    asyncio.run(client.container_create(name, [SYSTEM_PYTHON, "-c", HOG]))
-    try:
-        asyncio.run(client.container_start(name))
+    with _running(priv, HOG) as name:
+        log = priv.state_dir / "agents" / name / "harness" / "agent.log"
         seen = _report(priv, name)
         assert (seen["rc"], seen["errno"]) == (-1, errno.EOPNOTSUPP)
         assert seen["fsize"] == [AGENT_MAX_FILE_BYTES] * 2
         assert log.stat().st_blocks * 512 <= AGENT_LOG_LIMIT
-    finally:
-        asyncio.run(client.container_destroy(name))
