@@ -186,7 +186,7 @@ def _seq_of(entry: _Entry) -> int:
 
 
 STATE_TRANSFERS = 4
-"""State files one agent may have in transfer (read or written) through the core at once."""
+"""Request bodies or state files one agent may have in the core's memory at once."""
 
 
 @dataclass(slots=True)

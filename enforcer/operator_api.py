@@ -133,29 +133,40 @@ async def register_agent(
             raise Conflict(f"agent {name!r} already exists")
         try:
             chosen = await core.backend.allocate_uid(name, command)
+        except Conflict:
+            raise  # a container of that name exists (another registration): 409, left alone
         except HiveError as e:
             raise Unavailable(f"cannot create agent {name!r}: {e.reason}") from e
         if chosen is None:
             # 409: the request is well-formed; this core's backend (its state) cannot serve it.
             raise Conflict("this core's backend does not allocate uids: name the agent's uid")
         uid, allocated = chosen, True
+    unborn = AgentRecord(name, uid, command, time.time(), "", "", None)
     try:
         record = core.db.add_agent(name, uid, command)
     except Conflict:
         raise  # registered meanwhile (its container, if any, is its own): left alone
     except Exception:
         if allocated:  # no row: the container made for it goes too
-            unborn = AgentRecord(name, uid, command, time.time(), "", "", None)
-            with contextlib.suppress(Exception):
-                await core.backend.destroy(unborn)
+            await _undo_allocation(core, unborn)
         raise
     try:
         await core.backend.create(record)
         await core.agent_sites.add(name, uid)
     except Exception as e:
         core.db.remove_agent(name)
+        if allocated:  # found by an attack review: the container outlived its row
+            await _undo_allocation(core, unborn)
         raise Unavailable(f"cannot create agent {name!r}: {e}") from e
     core.events.publish("agent.registered", agent=name)
+
+
+async def _undo_allocation(core: CoreState, unborn: AgentRecord) -> None:
+    """Destroy the container a failed registration made (its uid is never handed out again)."""
+    try:
+        await core.backend.destroy(unborn)
+    except Exception as e:  # logged: the registration's own error is what the operator sees
+        _log.error("agent.register.rollback_failed", agent=unborn.name, error=str(e))
 
 
 async def register(request: web.Request) -> web.Response:

@@ -146,19 +146,25 @@ class _Handler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        """The gateway's answer to a request aiohttp itself refused or could not serve."""
+        """Our answer to a request aiohttp itself refused or could not serve (logged, JSON)."""
         if request.writer.output_size > 0:
             # aiohttp's own rule: with a response under way, only closing is left.
             raise ConnectionError("the response is under way: the connection is closed")
+        server = cast(_Server, self._manager)
         error: HiveError
         if status < 500:
             error = BadRequest("the request could not be read as HTTP/1.1")
             error.status = status
-        else:
-            error = HiveError("the gateway could not answer this request")
+        elif isinstance(exc, ConnectionError):
+            # The client went away mid-request (aiohttp's "Connection lost"):
+            # nothing failed here, and nothing can be answered.
+            _log.info("request.client_gone", channel=server.channel)
+            error = HiveError("the client went away")
             error.status = status
-            _log.error("request.failed", status=status, error=repr(exc))
-        server = cast(_Server, self._manager)
+        else:
+            error = HiveError("this request could not be answered")
+            error.status = status
+            _log.error("request.failed", channel=server.channel, status=status, error=repr(exc))
         response = authz.refuse_before_routing(request, server.channel, error)
         response.headers.update(_OWN_ANSWER_HEADERS)
         response.headers["X-Hive-Request-Id"] = request[authz.REQUEST_ID]

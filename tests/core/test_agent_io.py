@@ -101,3 +101,60 @@ async def test_one_agent_has_at_most_state_transfers_in_flight(core: Core) -> No
     await asyncio.gather(*tasks)
     assert entered == STATE_TRANSFERS + 3
     assert state.state_slots == {}  # nothing kept once no one uses them
+
+
+async def test_a_json_body_declared_past_its_limit_is_refused_before_it_is_read(
+    core: Core,
+) -> None:
+    # Found by an attack review: a JSON route read a body of up to the largest
+    # limit of any route (a state file's, 4 MiB) before checking its own (1 MiB).
+    reader, writer = await asyncio.open_unix_connection(str(core.config.agent_socket("alpha")))
+    try:
+        writer.write(
+            b"POST /v1/messages HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n"
+            + b"Content-Length: %d\r\n\r\n" % (4 << 20)
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), BOUND)  # no byte sent
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 413"), head
+
+
+async def test_a_chunked_json_body_is_cut_off_at_its_limit(core: Core) -> None:
+    limit = core.config.core.max_body_bytes
+    reader, writer = await asyncio.open_unix_connection(str(core.config.agent_socket("alpha")))
+    try:
+        writer.write(
+            b"POST /v1/messages HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        chunk = b"x" * 65536
+        for _ in range(limit // len(chunk) + 2):
+            writer.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), BOUND)
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 413"), head
+
+
+@pytest.mark.parametrize(("method", "path"), [(b"POST", b"/v1/messages"), (b"PUT", b"/v1/state/x")])
+async def test_an_agent_leaving_mid_body_is_no_failure_of_the_core(
+    core: Core, capfd: pytest.CaptureFixture[str], method: bytes, path: bytes
+) -> None:
+    # Found by an attack review: each such disconnect was logged at error
+    # level as a 500 of the core's - any agent could fill the error log.
+    for _ in range(3):
+        _reader, writer = await asyncio.open_unix_connection(str(core.config.agent_socket("alpha")))
+        writer.write(
+            method + b" " + path + b" HTTP/1.1\r\nHost: agent\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"text": "'
+        )
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.close()
+    await asyncio.sleep(0.5)
+    out, err = capfd.readouterr()
+    failed = [line for line in (out + err).splitlines() if "request.failed" in line]
+    assert failed == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -180,3 +181,46 @@ async def test_registering_without_a_uid_needs_a_backend_that_allocates_one(core
         assert resp.status == 409
         assert "name the agent's uid" in (await resp.json())["reason"]
     assert core.state.db.snapshot() == before
+
+
+class _AllocatingBackend:
+    """The core's own backend, allocating uids as hive-priv's does (the container made then).
+
+    Fault injection only: a socket that cannot be made after the allocation
+    does not happen on demand with the real hive-priv.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.containers: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def allocate_uid(self, name: str, command: tuple[str, ...]) -> int:
+        self.containers.add(name)
+        return os.getuid()
+
+    async def destroy(self, agent: Any) -> None:
+        self.containers.discard(agent.name)
+        await self.inner.destroy(agent)
+
+
+async def test_a_registration_failing_after_allocation_destroys_the_container_it_made(
+    core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by an attack review: the row was removed, the container (user,
+    # network, directories) stayed, unreachable by any API call.
+    backend = _AllocatingBackend(core.state.backend)
+    monkeypatch.setattr(core.state, "backend", backend)
+
+    async def no_socket(name: str, uid: int) -> None:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(core.state.agent_sites, "add", no_socket)
+    async with core.operator() as op:
+        async with op.post("/api/agents", json={"name": "gamma", "command": ["true"]}) as resp:
+            assert resp.status == 503
+        async with op.get("/api/agents") as resp:
+            assert "gamma" not in {a["name"] for a in (await resp.json())["agents"]}
+    assert backend.containers == set()
