@@ -230,7 +230,7 @@ async def _json(request: web.Request, schema: Schema) -> dict[str, Any]:
     limit = core.config.core.max_body_bytes
     # One of the agent's few transfer slots while the body is in memory: 64
     # connections of one agent each sending most of a body pinned 266 MiB.
-    async with core.state_transfer(_me(request)):
+    async with core.transfer_slot(_me(request)):
         raw = await _read_body(request, limit)
     _still_registered(request)
     return parse_body(raw, schema, max_bytes=limit)
@@ -399,7 +399,7 @@ async def state_read(request: web.Request) -> web.StreamResponse:
     me = _me(request)
     core = _core(request)
     rel = _rel_path(request)
-    async with core.state_transfer(me):
+    async with core.transfer_slot(me):
         data = read_state(_state_dir(core, me), rel, core.config.core.max_state_file_bytes)
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         response.content_length = len(data)
@@ -449,7 +449,7 @@ async def state_write(request: web.Request) -> web.Response:
     if any(part.startswith(".") and part.endswith(".tmp") for part in rel.split("/")):
         # The atomic write's own temporary names, which listings leave out.
         raise BadRequest("names of the form .<name>.tmp are reserved")
-    async with core.state_transfer(me):
+    async with core.transfer_slot(me):
         data = await _read_body(request, limit)
         # The check and the write under the agent's lock: concurrent writes each
         # passed the check before any of them wrote (36 times the quota, found by

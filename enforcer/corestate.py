@@ -25,7 +25,7 @@ from enforcer.policy import PolicyEngine
 from enforcer.store import Store
 from enforcer.transport import AgentRegistry, AgentSites, SocketProvider
 
-__all__ = ["CORE", "STATE_TRANSFERS", "CoreState", "DecisionRing", "EventHub", "Instrument"]
+__all__ = ["CORE", "TRANSFERS_PER_AGENT", "CoreState", "DecisionRing", "EventHub", "Instrument"]
 
 Instrument = Callable[[str, Handler], Handler]
 """Wraps every handler with its action name (metrics; tests count operator calls)."""
@@ -185,7 +185,7 @@ def _seq_of(entry: _Entry) -> int:
     return entry[0]
 
 
-STATE_TRANSFERS = 4
+TRANSFERS_PER_AGENT = 4
 """Request bodies or state files one agent may have in the core's memory at once."""
 
 
@@ -208,25 +208,25 @@ class CoreState:
     # One state/ write at a time per agent: its quota check and its write
     # together (concurrent writes each passed the check before any wrote).
     state_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-    # At most STATE_TRANSFERS state files (up to 4 MiB each) in memory per
-    # agent at once: the others wait before their body or file is read.
+    # At most TRANSFERS_PER_AGENT request bodies or state files (up to 4 MiB
+    # each) in memory per agent at once: the others wait before theirs is read.
     # [semaphore, users]; an entry lives while someone uses or waits on it.
-    state_slots: dict[str, list[Any]] = field(default_factory=dict)
+    transfer_slots: dict[str, list[Any]] = field(default_factory=dict)
 
     @contextlib.asynccontextmanager
-    async def state_transfer(self, agent: str) -> AsyncIterator[None]:
-        """Hold one of ``agent``'s :data:`STATE_TRANSFERS` slots for a state read or write."""
-        entry = self.state_slots.get(agent)
+    async def transfer_slot(self, agent: str) -> AsyncIterator[None]:
+        """Hold one of ``agent``'s :data:`TRANSFERS_PER_AGENT` slots (a body or a state file)."""
+        entry = self.transfer_slots.get(agent)
         if entry is None:
-            entry = self.state_slots[agent] = [asyncio.Semaphore(STATE_TRANSFERS), 0]
+            entry = self.transfer_slots[agent] = [asyncio.Semaphore(TRANSFERS_PER_AGENT), 0]
         entry[1] += 1
         try:
             async with entry[0]:
                 yield
         finally:
             entry[1] -= 1
-            if entry[1] == 0 and self.state_slots.get(agent) is entry:
-                del self.state_slots[agent]
+            if entry[1] == 0 and self.transfer_slots.get(agent) is entry:
+                del self.transfer_slots[agent]
 
     def state_lock(self, agent: str) -> asyncio.Lock:
         """The lock serialising ``agent``'s writes to its ``state/``."""

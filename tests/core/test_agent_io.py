@@ -5,7 +5,7 @@ Found by an attack review: 64 connections of one agent that each asked for a
 memory; 64 that each sent a body of 4 MiB less one byte and stopped pinned
 about 265 MiB - for as long as the agent liked. A body must now arrive, and an
 answer be taken, within ``[core] agent_io_timeout``, or the connection is
-closed; and one agent has at most ``STATE_TRANSFERS`` state files in memory at
+closed; and one agent has at most ``TRANSFERS_PER_AGENT`` state files in memory at
 once.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from enforcer.corestate import STATE_TRANSFERS
+from enforcer.corestate import TRANSFERS_PER_AGENT
 from tests.core.conftest import Core, make_config, running_core
 
 TIMEOUT = 0.5
@@ -81,26 +81,26 @@ async def test_an_answer_the_agent_never_takes_closes_the_connection(core: Core)
     assert len(received) < size  # cut off, not held until taken
 
 
-async def test_one_agent_has_at_most_state_transfers_in_flight(core: Core) -> None:
+async def test_one_agent_has_at_most_its_transfers_in_flight(core: Core) -> None:
     state = core.state
     entered = 0
     release = asyncio.Event()
 
     async def transfer() -> None:
         nonlocal entered
-        async with state.state_transfer("alpha"):
+        async with state.transfer_slot("alpha"):
             entered += 1
             await release.wait()
 
-    tasks = [asyncio.create_task(transfer()) for _ in range(STATE_TRANSFERS + 3)]
+    tasks = [asyncio.create_task(transfer()) for _ in range(TRANSFERS_PER_AGENT + 3)]
     await asyncio.sleep(0.1)
-    assert entered == STATE_TRANSFERS
-    async with state.state_transfer("beta"):  # another agent's slots are its own
+    assert entered == TRANSFERS_PER_AGENT
+    async with state.transfer_slot("beta"):  # another agent's slots are its own
         pass
     release.set()
     await asyncio.gather(*tasks)
-    assert entered == STATE_TRANSFERS + 3
-    assert state.state_slots == {}  # nothing kept once no one uses them
+    assert entered == TRANSFERS_PER_AGENT + 3
+    assert state.transfer_slots == {}  # nothing kept once no one uses them
 
 
 async def test_a_json_body_declared_past_its_limit_is_refused_before_it_is_read(
