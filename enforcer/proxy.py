@@ -262,7 +262,11 @@ async def forward_http(
         _stalled(data, e)
         raise UpstreamError("the upstream failed") from e
     return await _relay(
-        request, upstream, response_drop=response_drop, check_response=check_response
+        request,
+        upstream,
+        response_drop=response_drop,
+        check_response=check_response,
+        idle_timeout=session.timeout.sock_read,
     )
 
 
@@ -292,7 +296,7 @@ async def forward_core(
             raise
     else:
         answer = await upstream.request(request.method, target, headers)
-    return await _relay(request, answer)
+    return await _relay(request, answer, idle_timeout=upstream.idle_timeout)
 
 
 async def _relay(
@@ -301,8 +305,13 @@ async def _relay(
     *,
     response_drop: Iterable[str] = (),
     check_response: Callable[[int, CIMultiDictProxy[str]], None] | None = None,
+    idle_timeout: float | None = None,
 ) -> web.StreamResponse:
-    """Send the upstream's answer to the client (small bodies whole, others streamed)."""
+    """Send the upstream's answer to the client (small bodies whole, others streamed).
+
+    A streamed answer the client takes no part of for ``idle_timeout`` cuts
+    the client off and frees the upstream connection.
+    """
     try:
         if upstream.status < 200:
             # A 1xx final answer (101 to a request that asked for no upgrade):
@@ -342,8 +351,15 @@ async def _relay(
         try:
             if request.method != "HEAD":
                 async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
+                    await _write_within(response, chunk, idle_timeout)
             await response.write_eof()
+        except _ClientNotReading:
+            # The client stopped taking the answer: it held the upstream
+            # connection (and what was buffered) for as long as it liked. abort,
+            # not close: close would keep the buffer until it is sent.
+            transport = request.transport
+            if transport is not None:
+                transport.abort()
         except (TimeoutError, aiohttp.ClientError):
             # Headers are gone already: cut the client off rather than let a
             # truncated body pass for a whole one.
@@ -351,6 +367,22 @@ async def _relay(
         return response
     finally:
         upstream.release()
+
+
+class _ClientNotReading(Exception):
+    """The client took no part of a streamed answer for ``idle_timeout``."""
+
+
+async def _write_within(response: web.StreamResponse, chunk: bytes, idle: float | None) -> None:
+    """``response.write(chunk)``, which waits while the client's socket is full: bounded."""
+    if idle is None:
+        await response.write(chunk)
+        return
+    try:
+        async with asyncio.timeout(idle):
+            await response.write(chunk)
+    except TimeoutError as e:
+        raise _ClientNotReading from e
 
 
 def _protocols(request: web.BaseRequest) -> tuple[str, ...]:

@@ -86,6 +86,22 @@ async def _download(double: Double, request: web.Request) -> web.StreamResponse:
     return response
 
 
+FLOOD_BYTES = 32 << 20
+
+
+async def _flood(double: Double, request: web.Request) -> web.StreamResponse:
+    """A long answer, streamed as fast as the reader takes it (32 MiB)."""
+    _record(double, request)
+    response = web.StreamResponse()
+    response.content_type = "application/octet-stream"
+    await response.prepare(request)
+    chunk = b"f" * (1 << 20)
+    for _ in range(FLOOD_BYTES // len(chunk)):
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
 async def _sse(double: Double, request: web.Request) -> web.StreamResponse:
     _record(double, request)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -165,6 +181,7 @@ def core_double_app(double: Double, agents: dict[str, str]) -> web.Application:
     app.router.add_get("/api/leaky", leaky)
     app.router.add_post("/api/upload", _bound(_upload, double))
     app.router.add_get("/api/download", _bound(_download, double))
+    app.router.add_get("/api/flood", _bound(_flood, double))
     app.router.add_get("/api/events", _bound(_sse, double))
     app.router.add_get("/api/ws", _bound(_ws, double))
     app.router.add_route("*", "/{tail:.*}", anything)
@@ -209,6 +226,7 @@ def agent_double_app(double: Double) -> web.Application:
     app.router.add_get("/redirect", redirect)
     app.router.add_post("/upload", _bound(_upload, double))
     app.router.add_get("/download", _bound(_download, double))
+    app.router.add_get("/flood", _bound(_flood, double))
     app.router.add_get("/events", _bound(_sse, double))
     app.router.add_get("/ws", _bound(_ws, double))
     app.router.add_route("*", "/{tail:.*}", anything)

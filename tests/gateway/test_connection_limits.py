@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 
 from enforcer.serving import connections_for, fds_needed
 from enforcer.sessions import cookie_name
-from tests.gateway.stack import Stack
+from tests.gateway.stack import FLOOD_BYTES, Stack
 
 ENFORCER = str(Path(__file__).resolve().parents[2] / "enforcer")
 BOUND = 10.0  # the longest any wait here may take: far above every limit set below
@@ -420,3 +420,28 @@ async def test_a_refused_requests_trickled_body_is_not_held_for_long(
             assert loop.time() - started < 4.0
         finally:
             writer.close()
+
+
+@pytest.mark.parametrize("target", ["/api/flood", "/agent/alpha/flood"], ids=["core", "agent"])
+async def test_a_client_that_stops_reading_a_streamed_answer_is_cut_off(
+    caplog: pytest.LogCaptureFixture, target: str
+) -> None:
+    # A client that read nothing of a long streamed answer held the upstream
+    # connection (and what was buffered for it) for as long as it liked.
+    async with attacked(caplog, warm=5, warm_agent=True, idle_timeout=0.5) as operator:
+        stack = operator.stack
+        reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+        try:
+            writer.write(
+                f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{stack.port}\r\n"
+                f"Cookie: {cookie_name(False)}={operator.cookie}\r\n\r\n".encode()
+            )
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), BOUND)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            await asyncio.sleep(3.0)  # reading nothing: the gateway's writes wait
+            received = await asyncio.wait_for(_read_some(reader, BOUND), BOUND * 2)
+        finally:
+            writer.close()
+        assert len(received) < FLOOD_BYTES  # cut off, not waited for
+        await operator.served()
