@@ -25,7 +25,15 @@ from enforcer.policy import PolicyEngine
 from enforcer.store import Store
 from enforcer.transport import AgentRegistry, AgentSites, SocketProvider
 
-__all__ = ["CORE", "TRANSFERS_PER_AGENT", "CoreState", "DecisionRing", "EventHub", "Instrument"]
+__all__ = [
+    "CORE",
+    "TRANSFERS_PER_AGENT",
+    "CoreState",
+    "DecisionRing",
+    "EventHub",
+    "Instrument",
+    "PerAgent",
+]
 
 Instrument = Callable[[str, Handler], Handler]
 """Wraps every handler with its action name (metrics; tests count operator calls)."""
@@ -189,6 +197,36 @@ TRANSFERS_PER_AGENT = 4
 """Request bodies or state files one agent may have in the core's memory at once."""
 
 
+class PerAgent:
+    """One semaphore per agent, made on first use and dropped when no one holds or awaits it.
+
+    Memory follows the agents busy right now, not every name ever seen.
+    """
+
+    def __init__(self, make: Callable[[], asyncio.Semaphore]) -> None:
+        self._make = make
+        # agent -> [semaphore, holders and waiters]
+        self._entries: dict[str, list[Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, agent: str) -> AsyncIterator[None]:
+        """Hold ``agent``'s semaphore (waiting for it if need be)."""
+        entry = self._entries.get(agent)
+        if entry is None:
+            entry = self._entries[agent] = [self._make(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0 and self._entries.get(agent) is entry:
+                del self._entries[agent]
+
+
 @dataclass(slots=True)
 class CoreState:
     """Everything the core's handlers share (created once per core)."""
@@ -207,37 +245,20 @@ class CoreState:
     instrument: Instrument | None = None
     # One state/ write at a time per agent: its quota check and its write
     # together (concurrent writes each passed the check before any wrote).
-    state_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    state_locks: PerAgent = field(default_factory=lambda: PerAgent(lambda: asyncio.Semaphore(1)))
     # At most TRANSFERS_PER_AGENT request bodies or state files (up to 4 MiB
     # each) in memory per agent at once: the others wait before theirs is read.
-    # [semaphore, users]; an entry lives while someone uses or waits on it.
-    transfer_slots: dict[str, list[Any]] = field(default_factory=dict)
+    transfer_slots: PerAgent = field(
+        default_factory=lambda: PerAgent(lambda: asyncio.Semaphore(TRANSFERS_PER_AGENT))
+    )
 
-    @contextlib.asynccontextmanager
-    async def transfer_slot(self, agent: str) -> AsyncIterator[None]:
+    def state_lock(self, agent: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold ``agent``'s ``state/`` write lock."""
+        return self.state_locks.hold(agent)
+
+    def transfer_slot(self, agent: str) -> contextlib.AbstractAsyncContextManager[None]:
         """Hold one of ``agent``'s :data:`TRANSFERS_PER_AGENT` slots (a body or a state file)."""
-        entry = self.transfer_slots.get(agent)
-        if entry is None:
-            entry = self.transfer_slots[agent] = [asyncio.Semaphore(TRANSFERS_PER_AGENT), 0]
-        entry[1] += 1
-        try:
-            async with entry[0]:
-                yield
-        finally:
-            entry[1] -= 1
-            if entry[1] == 0 and self.transfer_slots.get(agent) is entry:
-                del self.transfer_slots[agent]
-
-    def state_lock(self, agent: str) -> asyncio.Lock:
-        """The lock serialising ``agent``'s writes to its ``state/``."""
-        lock = self.state_locks.get(agent)
-        if lock is None:
-            if len(self.state_locks) >= 4096:
-                # Unlocked ones only: a held lock must stay the one its waiters wait on.
-                for name in [n for n, held in self.state_locks.items() if not held.locked()]:
-                    del self.state_locks[name]
-            lock = self.state_locks[agent] = asyncio.Lock()
-        return lock
+        return self.transfer_slots.hold(agent)
 
     @property
     def decisions(self) -> list[dict[str, Any]]:
