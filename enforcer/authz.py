@@ -68,6 +68,7 @@ __all__ = [
     "refuse_before_routing",
     "refuse_unrouted",
     "route_bindings",
+    "send_100_continue",
     "startup_check",
     "unsafe_raw_path_reason",
 ]
@@ -654,6 +655,23 @@ def refuse_unrouted(request: web.Request, channel: str) -> web.Response:
 
 
 ExpectHandler = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
+_CONTINUED: web.RequestKey[bool] = web.RequestKey("continued", bool)
+
+
+def _expects_continue(request: web.Request) -> bool:
+    return request.headers.get("Expect", "").strip().lower() == "100-continue"
+
+
+async def send_100_continue(request: web.Request) -> None:
+    """Send ``100 Continue`` if the client waits for it (HTTP/1.1), once per request."""
+    if (
+        request.version == HttpVersion11
+        and _expects_continue(request)
+        and not request.get(_CONTINUED, False)
+    ):
+        request[_CONTINUED] = True
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer itself has not started (as aiohttp does)
 
 
 def expect_handler(*, channel: str, send_continue: bool) -> ExpectHandler:
@@ -666,10 +684,9 @@ def expect_handler(*, channel: str, send_continue: bool) -> ExpectHandler:
     """
 
     async def handle(request: web.Request) -> web.StreamResponse | None:
-        if request.headers.get("Expect", "").strip().lower() == "100-continue":
-            if send_continue and request.version == HttpVersion11:
-                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                request.writer.output_size = 0  # the answer itself has not started
+        if _expects_continue(request):
+            if send_continue:
+                await send_100_continue(request)
             return None
         error = BadRequest("the only expectation met here is 100-continue")
         error.status, error.code = 417, "expectation_failed"

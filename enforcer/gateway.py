@@ -279,7 +279,6 @@ _SESSION_ID: web.RequestKey[str] = web.RequestKey("gateway_session_id", str)
 # Set when a valid view capability (not the cookie) made this request the operator's.
 _VIEW: web.RequestKey[bool] = web.RequestKey("gateway_view", bool)
 _VIEW_REFUSED: web.RequestKey[bool] = web.RequestKey("gateway_view_refused", bool)
-_CONTINUED: web.RequestKey[bool] = web.RequestKey("gateway_continued", bool)
 # A CORS preflight the gateway answered in a capability space: the headers it allows.
 _PREFLIGHT: web.RequestKey[str] = web.RequestKey("gateway_preflight", str)
 _PREFLIGHT_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE"
@@ -681,25 +680,11 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
         headers.setdefault("Strict-Transport-Security", "max-age=31536000")
 
 
-_CONTINUE = "100-continue"
-
-
 # aiohttp's own would send "100 Continue" at once - inviting the body of a
-# request the gateway is about to refuse; it is sent by a handler about to read
-# the body (_continue), so only an authorised request is told to send it.
+# request the gateway is about to refuse; a handler about to read the body
+# sends it (_continue), so only an authorised request is told to send it.
 _expect = authz.expect_handler(channel="gateway", send_continue=False)
-
-
-async def _continue(request: web.Request) -> None:
-    """Send ``100 Continue`` if the client waits for it: its request was authorised."""
-    if (
-        request.version == aiohttp.HttpVersion11
-        and request.headers.get("Expect", "").strip().lower() == _CONTINUE
-        and not request.get(_CONTINUED, False)
-    ):
-        request[_CONTINUED] = True
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0  # the answer itself has not started (as aiohttp does)
+_continue = authz.send_100_continue
 
 
 def _origin_ok(request: web.Request) -> bool:

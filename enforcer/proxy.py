@@ -202,9 +202,14 @@ def tcp_session(
     )
 
 
-def _abort(request: web.BaseRequest) -> None:
+def _abort(request: web.BaseRequest, *, discard: bool = False) -> None:
+    """Close the client's connection; ``discard``: at once, dropping what is still buffered."""
     transport = request.transport
-    if transport is not None:
+    if transport is None:
+        return
+    if discard:
+        transport.abort()
+    else:
         transport.close()
 
 
@@ -357,9 +362,7 @@ async def _relay(
             # The client stopped taking the answer: it held the upstream
             # connection (and what was buffered) for as long as it liked. abort,
             # not close: close would keep the buffer until it is sent.
-            transport = request.transport
-            if transport is not None:
-                transport.abort()
+            _abort(request, discard=True)
         except (TimeoutError, aiohttp.ClientError):
             # Headers are gone already: cut the client off rather than let a
             # truncated body pass for a whole one.
