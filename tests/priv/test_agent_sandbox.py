@@ -52,10 +52,23 @@ from enforcer.users import (
 from tests.conftest import require_root, wait_until
 from tests.priv.conftest import SYSTEM_PYTHON, PrivEnv, priv_env_under
 
+# Prepended to each agent program below: send_report(data) writes
+# state/report.json atomically (the test reads it only once it is whole).
+_REPORT = r"""
+import json as _json, os as _os
+def send_report(data):
+    state = _os.environ["HIVE_STATE_DIR"]
+    with open(_os.path.join(state, ".report"), "w") as f:
+        _json.dump(data, f)
+    _os.rename(_os.path.join(state, ".report"), _os.path.join(state, "report.json"))
+"""
+
 # The agent: optionally leaves a file in each private directory and a SysV
 # shared memory segment, then reports what it sees (atomically, into its own
 # state/) and stays running.
-PROBE = r"""
+PROBE = (
+    _REPORT
+    + r"""
 import ctypes, json, os, sys, time
 token, key, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 libc = ctypes.CDLL(None, use_errno=True)
@@ -106,16 +119,16 @@ report = {
     "uids": sorted({uid_of(p) for p in pids} - {None}),
     "tmp": sorted(os.listdir("/tmp")),
 }
-state = os.environ["HIVE_STATE_DIR"]
-with open(os.path.join(state, ".report"), "w") as f:
-    json.dump(report, f)
-os.rename(os.path.join(state, ".report"), os.path.join(state, "report.json"))
+send_report(report)
 while True:
     time.sleep(60)
 """
+)
 
 # The agent as an attacker: every way it can think of to the host's /tmp.
-ATTACK = r"""
+ATTACK = (
+    _REPORT
+    + r"""
 import ctypes, json, os, sys, time
 token, host_pid = sys.argv[1], int(sys.argv[2])
 marker = f"/tmp/host-{token}"
@@ -154,13 +167,11 @@ if child == 0:
 os.close(w)
 os.waitpid(child, 0)
 out["in_userns"] = json.loads(os.read(r, 4096))
-state = os.environ["HIVE_STATE_DIR"]
-with open(os.path.join(state, ".report"), "w") as f:
-    json.dump(out, f)
-os.rename(os.path.join(state, ".report"), os.path.join(state, "report.json"))
+send_report(out)
 while True:
     time.sleep(60)
 """
+)
 
 
 def _program(env: PrivEnv, name: str, code: str) -> str:
@@ -319,7 +330,9 @@ def test_an_agent_cannot_take_its_sandbox_apart(priv: PrivEnv) -> None:
 
 # Where STATE and RUN live under /tmp (a development set-up): the agent's own
 # state/ and socket directory are bound into its private /tmp, nothing else.
-TMP_AGENT = r"""
+TMP_AGENT = (
+    _REPORT
+    + r"""
 import json, os, socket, sys, time
 s = socket.socket(socket.AF_UNIX)
 s.connect(os.environ["HIVE_SOCKET"])
@@ -329,12 +342,10 @@ seen = {
     "base": sorted(os.listdir(sys.argv[1])),
     "host": os.path.exists(sys.argv[2]),
 }
-state = os.environ["HIVE_STATE_DIR"]
-with open(os.path.join(state, ".report"), "w") as f:
-    json.dump(seen, f)
-os.rename(os.path.join(state, ".report"), os.path.join(state, "report.json"))
+send_report(seen)
 time.sleep(600)
 """
+)
 
 
 def test_state_and_socket_stay_reachable_when_state_and_run_live_under_tmp() -> None:
@@ -362,7 +373,9 @@ def test_state_and_socket_stay_reachable_when_state_and_run_live_under_tmp() -> 
         asyncio.run(client.container_destroy(name))
 
 
-PROGRAM_UNDER_TMP = r"""
+PROGRAM_UNDER_TMP = (
+    _REPORT
+    + r"""
 import json, os, sys, time
 here = os.path.dirname(os.path.abspath(__file__))
 try:
@@ -376,12 +389,10 @@ seen = {
     "host": os.path.exists(sys.argv[1]),
     "wrote": wrote,
 }
-state = os.environ["HIVE_STATE_DIR"]
-with open(os.path.join(state, ".report"), "w") as f:
-    json.dump(seen, f)
-os.rename(os.path.join(state, ".report"), os.path.join(state, "report.json"))
+send_report(seen)
 time.sleep(600)
 """
+)
 
 
 def test_a_program_under_tmp_still_runs_and_sees_only_its_own_directory_read_only(
@@ -503,12 +514,11 @@ def test_a_destroyed_agents_uid_is_not_reused_even_across_a_hive_priv_restart(
 # never where a /proc scan saw it, so signalling pids one by one missed it and
 # the agent outlived stop and destroy. It reports its process limit, then
 # forks away from its session and beats on a unix socket the test listens on.
-WANDER = r"""
+WANDER = (
+    _REPORT
+    + r"""
 import json, os, resource, socket, sys, time
-state = os.environ["HIVE_STATE_DIR"]
-with open(os.path.join(state, ".report"), "w") as f:
-    json.dump({"nproc": resource.getrlimit(resource.RLIMIT_NPROC)}, f)
-os.rename(os.path.join(state, ".report"), os.path.join(state, "report.json"))
+send_report({"nproc": resource.getrlimit(resource.RLIMIT_NPROC)})
 if os.fork() == 0:
     os.setsid()
     n = 0
@@ -525,6 +535,7 @@ if os.fork() == 0:
             os._exit(0)
 time.sleep(600)
 """
+)
 
 
 def _beats_within(sock: socket.socket, seconds: float) -> int:
@@ -631,7 +642,9 @@ def _running(priv: PrivEnv, code: str) -> Iterator[str]:
         asyncio.run(client.container_destroy(name))
 
 
-HOG = r"""
+HOG = (
+    _REPORT
+    + r"""
 import ctypes, json, os, resource, time
 libc = ctypes.CDLL(None, use_errno=True)
 libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
@@ -641,15 +654,13 @@ err = ctypes.get_errno()
 params = ctypes.create_string_buffer(120)  # struct io_uring_params, zeroed
 uring = libc.syscall(425, 8, params)  # io_uring_setup: IORING_OP_FALLOCATE runs past seccomp
 uring_err = ctypes.get_errno()
-state = os.environ["HIVE_STATE_DIR"]
-with open(os.path.join(state, ".report"), "w") as f:
-    json.dump({
+send_report({
         "rc": rc, "errno": err, "uring": uring, "uring_errno": uring_err,
         "fsize": resource.getrlimit(resource.RLIMIT_FSIZE),
-    }, f)
-os.rename(os.path.join(state, ".report"), os.path.join(state, "report.json"))
+    })
 time.sleep(600)
 """
+)
 
 
 def test_an_agent_cannot_reserve_disk_through_its_output(priv: PrivEnv) -> None:
