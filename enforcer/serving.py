@@ -251,25 +251,30 @@ class HiveRunner(web.AppRunner):
     gateway's :class:`GatewayRunner` adds its connection limits.
     """
 
-    __slots__ = ("_channel",)
+    __slots__ = ("_cap", "_channel", "_header_timeout")
 
     def __init__(self, app: web.Application, *, channel: str, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self._channel = channel
+        self._cap: int | None = None
+        self._header_timeout: float | None = None
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
-        return _Server(plain, cap=None, header_timeout=None, channel=self._channel)
+        return _Server(
+            plain, cap=self._cap, header_timeout=self._header_timeout, channel=self._channel
+        )
 
 
-class GatewayRunner(web.AppRunner):
-    """An ``AppRunner`` whose server caps connections and bounds the first request head.
+class GatewayRunner(HiveRunner):
+    """A :class:`HiveRunner` whose server caps connections and bounds the first request head.
 
-    ``keepalive_timeout`` and the other handler arguments are passed on to
-    aiohttp as usual (keyword arguments).
+    The cap is ``max_connections``, lowered (with a warning) to what the
+    worker's file limit allows. ``keepalive_timeout`` and the other handler
+    arguments are passed on to aiohttp as usual (keyword arguments).
     """
 
-    __slots__ = ("_header_timeout", "_max_connections")
+    __slots__ = ("_max_connections",)
 
     def __init__(
         self,
@@ -279,23 +284,23 @@ class GatewayRunner(web.AppRunner):
         header_timeout: float,
         **kwargs: Any,
     ) -> None:
-        super().__init__(app, **kwargs)
+        super().__init__(app, channel="gateway", **kwargs)
         self._max_connections = max_connections
         self._header_timeout = header_timeout
 
     async def _make_server(self) -> web.Server:
-        plain = await super()._make_server()
+        # The file limit as it is at set-up (the worker raises it before).
         fd_limit = _soft_nofile()
-        cap = min(self._max_connections, connections_for(fd_limit))
-        if cap < self._max_connections:
+        self._cap = min(self._max_connections, connections_for(fd_limit))
+        if self._cap < self._max_connections:
             _log.warning(
                 "gateway.max_connections.lowered",
                 max_connections=self._max_connections,
-                now=cap,
+                now=self._cap,
                 fd_limit=fd_limit,
                 fds_needed=fds_needed(self._max_connections),
             )
-        return _Server(plain, cap=cap, header_timeout=self._header_timeout, channel="gateway")
+        return await super()._make_server()
 
 
 class GatewaySite(web.SockSite):
