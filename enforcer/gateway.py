@@ -637,20 +637,64 @@ def _space_guard(request: web.Request) -> None:
         raise NotFound("no such page")
 
 
+# Set on every response, replacing whatever is there.
+_ALWAYS = CIMultiDict({"Server": "hive-boundary", "X-Content-Type-Options": "nosniff"})
+
+
+def _operator_defaults(*, tls: bool, static: bool) -> CIMultiDict[str]:
+    """The headers an operator-space response gets unless it has its own (built once)."""
+    defaults = CIMultiDict(
+        {
+            "Content-Security-Policy": _OPERATOR_CSP_DEFAULT,
+            "X-Frame-Options": "SAMEORIGIN",
+            "Referrer-Policy": "same-origin",
+            "Cross-Origin-Opener-Policy": "same-origin",
+            "Cross-Origin-Resource-Policy": "same-origin",
+        }
+    )
+    if not static:
+        defaults["Cache-Control"] = "no-store"
+    if tls:
+        defaults["Strict-Transport-Security"] = "max-age=31536000"
+    return defaults
+
+
+# (tls, under /static/) -> the defaults: four fixed sets, merged in one call each.
+_OPERATOR_DEFAULTS = {
+    (tls, static): _operator_defaults(tls=tls, static=static)
+    for tls in (False, True)
+    for static in (False, True)
+}
+
+
+def _drop_names(headers: CIMultiDict[str], keep: Callable[[str], bool]) -> None:
+    for name in [n for n in headers if not keep(n.lower())]:
+        headers.popall(name, None)
+
+
+def _no_cors(lower: str) -> bool:
+    return not lower.startswith("access-control-")
+
+
+def _not_agent_refused(lower: str) -> bool:
+    return lower not in _AGENT_RESPONSE_DROP
+
+
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     """Last word on every response's headers, right before they are sent."""
     headers = response.headers
-    for name in [n for n in headers if n.lower().startswith("access-control-")]:
-        headers.popall(name, None)
+    # One C-level look over the names; the exact per-name check runs only when
+    # some name contains the prefix at all (a proxied answer was filtered already).
+    if "access-control-" in "\n".join(headers.keys()).lower():
+        _drop_names(headers, _no_cors)
     # Not aiohttp's name and version (nor an agent UI's server): no internals.
-    headers["Server"] = "hive-boundary"
+    headers.update(_ALWAYS)
     request_id = request.get(authz.REQUEST_ID)
     if request_id:
         headers["X-Hive-Request-Id"] = request_id
-    headers["X-Content-Type-Options"] = "nosniff"
-    if paths.in_agent_space(request.raw_path):
-        for name in [n for n in headers if n.lower() in _AGENT_RESPONSE_DROP]:
-            headers.popall(name, None)
+    raw_path = request.raw_path
+    if paths.in_agent_space(raw_path):
+        _drop_names(headers, _not_agent_refused)
         headers["Content-Security-Policy"] = AGENT_CSP
         headers["Referrer-Policy"] = "no-referrer"
         if request.get(_VIEW, False):
@@ -665,19 +709,11 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
                 headers["Access-Control-Max-Age"] = "600"
         return
     csp = headers.get("Content-Security-Policy")
-    if csp is None:
-        headers["Content-Security-Policy"] = _OPERATOR_CSP_DEFAULT
-    elif "frame-ancestors" not in csp:
+    if csp is not None and "frame-ancestors" not in csp:
         headers["Content-Security-Policy"] = f"{csp}; frame-ancestors 'self'"
-    headers.setdefault("X-Frame-Options", "SAMEORIGIN")
-    headers.setdefault("Referrer-Policy", "same-origin")
-    headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
-    headers.setdefault("Cross-Origin-Resource-Policy", "same-origin")
-    if not request.raw_path.startswith("/static/"):
-        headers.setdefault("Cache-Control", "no-store")
-    config = request.app[CONFIG]
-    if _tls(config):
-        headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    # Each default only where the response has none of its own (setdefault, all at once).
+    tls = _tls(request.app[CONFIG])
+    headers.merge(_OPERATOR_DEFAULTS[tls, raw_path.startswith("/static/")])
 
 
 # aiohttp's own would send "100 Continue" at once - inviting the body of a
