@@ -49,7 +49,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
-import hashlib
 import hmac
 import os
 import secrets
@@ -107,7 +106,7 @@ REVOKED_FILE = "revoked"
 """The revocation file's name in :func:`session_dir` (0600; ``revoked.lock`` beside it)."""
 _REVOKED_COMPACT_BYTES = 64 * 1024  # 4096 records: then expired ones are dropped
 _PURGE_EVERY = 60.0  # seconds between sweeps of expired handles in memory
-_VERIFIED_CACHE = 4096  # verified cookies remembered (by hash) per store
+_VERIFIED_CACHE = 4096  # verified cookies remembered per store
 
 
 class TokenFileError(HiveError):
@@ -518,7 +517,7 @@ class SessionStore:
         self._handle_key = _mac(root, b"hive-boundary session handle")
         self._view_key = _mac(root, b"hive-boundary view capability")
         self._revoked = revocations if revocations is not None else Revocations(clock=clock)
-        self._verified_cache: dict[bytes, tuple[bytes, Session]] = {}
+        self._verified_cache: dict[str, tuple[bytes, Session]] = {}
 
     @classmethod
     def shared(
@@ -580,11 +579,14 @@ class SessionStore:
         """The live session for a cookie value, or None (absent, forged, expired, revoked)."""
         if not cookie or len(cookie) > _COOKIE_MAX:
             return None
-        # Verified cookies are remembered by their SHA-256 (not their value), so
-        # a browser's next request costs a hash, not three HMACs. Expiry and
+        # Verified cookies are remembered by their value, so a browser's next
+        # request costs one dict lookup, not three HMACs (nor a SHA-256: it was
+        # a third of this method). Holding the values adds no secret to this
+        # process's memory: the key that can mint any cookie is here already.
+        # A value that was never verified is simply not found (a keyed string
+        # hash, then an equality check against issued values only). Expiry and
         # revocation are checked on every request all the same.
-        digest = hashlib.sha256(cookie.encode("ascii", "replace")).digest()
-        known = self._verified_cache.get(digest)
+        known = self._verified_cache.get(cookie)
         if known is None:
             verified = self._verified(cookie)
             if verified is None:
@@ -594,7 +596,7 @@ class SessionStore:
             known = (handle, self._session(session_id, expires, handle))
             if len(self._verified_cache) >= _VERIFIED_CACHE:
                 self._verified_cache.clear()
-            self._verified_cache[digest] = known
+            self._verified_cache[cookie] = known
         handle, session = known
         if session.expires_at <= self._clock() or handle in self._revoked:
             return None
