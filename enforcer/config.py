@@ -18,6 +18,11 @@ Example::
     listen = "127.0.0.1:8080"
     user = "hive-gateway"
     workers = 2                    # processes sharing the port (default: one per CPU)
+
+    [agents]                       # each agent's control group (hive-priv); 0 = unbounded
+    memory_max_bytes = 1073741824  # memory of all its processes together (1 GiB)
+    cpu_max = 1.0                  # CPUs' worth of time
+    tasks_max = 512                # processes and threads
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from enforcer.errors import BadRequest
 __all__ = [
     "CORE_BACKENDS",
     "DEFAULT_CONFIG_PATH",
+    "AgentsConfig",
     "ConfigError",
     "CoreConfig",
     "GatewayConfig",
@@ -62,6 +68,7 @@ def default_policy_dir() -> Path:
 
 _DAY = 24 * 3600
 _GIB = 1 << 30
+_MIB_16 = 16 << 20
 
 # Inclusive ranges of the numeric settings (a value outside is refused with
 # its range: a typo such as a negative size or a zero timeout would otherwise
@@ -87,6 +94,11 @@ _GATEWAY_BOUNDS: dict[str, tuple[float, float]] = {
     "header_timeout": (0.001, 3600),
     "keepalive_timeout": (0.001, 24 * 3600),
 }
+_AGENTS_BOUNDS: dict[str, tuple[float, float]] = {
+    "memory_max_bytes": (0, 1 << 50),
+    "cpu_max": (0.0, 4096.0),
+    "tasks_max": (0, 4_000_000),
+}
 
 
 def _check_bounds(section: str, config: Any, bounds: dict[str, tuple[float, float]]) -> None:
@@ -100,13 +112,14 @@ def _check_bounds(section: str, config: Any, bounds: dict[str, tuple[float, floa
             or not isinstance(value, int | float)
             or not low <= value <= high
         ):
-            raise ConfigError(f"[{section}] {key} must be {_range(low, high)}, got {value!r}")
+            raise ConfigError(f"[{section}] {key} must be {_range(key, low, high)}, got {value!r}")
 
 
-def _range(low: float, high: float) -> str:
+def _range(key: str, low: float, high: float) -> str:
     if isinstance(low, int) and isinstance(high, int):
         return f"an integer from {low} to {high}"
-    return f"a number of seconds from {low:g} to {high:g}"
+    unit = " of seconds" if key.endswith(("timeout", "seconds")) else ""
+    return f"a number{unit} from {low:g} to {high:g}"
 
 
 def _check_text(section: str, config: Any, keys: tuple[str, ...]) -> None:
@@ -198,6 +211,32 @@ class GatewayConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentsConfig:
+    """What each agent may use, enforced by hive-priv with a control group per agent.
+
+    0 leaves that resource unbounded. The defaults leave the host room: one
+    agent cannot take all memory, every CPU or the process table.
+    """
+
+    memory_max_bytes: int = _GIB
+    cpu_max: float = 1.0
+    tasks_max: int = 512
+
+    def __post_init__(self) -> None:
+        _check_bounds("agents", self, _AGENTS_BOUNDS)
+        if 0 < self.memory_max_bytes < _MIB_16:
+            # Smaller starts no interpreter; refuse it here, not as an OOM kill later.
+            raise ConfigError(
+                f"[agents] memory_max_bytes must be 0 (unbounded) or at least {_MIB_16}, "
+                f"got {self.memory_max_bytes}"
+            )
+        if 0 < self.cpu_max < 0.01:
+            raise ConfigError(
+                f"[agents] cpu_max must be 0 (unbounded) or at least 0.01, got {self.cpu_max}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
 class HiveConfig:
     """Everything the daemons share: where files live and the per-daemon sections."""
 
@@ -206,6 +245,7 @@ class HiveConfig:
     policy_dir: Path = field(default_factory=default_policy_dir)
     core: CoreConfig = field(default_factory=CoreConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    agents: AgentsConfig = field(default_factory=AgentsConfig)
 
     @property
     def core_socket(self) -> Path:
@@ -338,7 +378,7 @@ def load_config(path: Path | None = None) -> HiveConfig:
         raise ConfigError(f"{source}: invalid TOML: nested too deeply") from e
     except ValueError as e:  # an integer past Python's digit limit
         raise ConfigError(f"{source}: invalid TOML: {e}") from e
-    top = {k: v for k, v in data.items() if k not in {"core", "gateway"}}
+    top = {k: v for k, v in data.items() if k not in {"core", "gateway", "agents"}}
     config: HiveConfig = _build(HiveConfig, top, str(source))
     core = _build(CoreConfig, _section(data, "core", source), f"{source} [core]")
     gw = _section(data, "gateway", source)
@@ -348,10 +388,11 @@ def load_config(path: Path | None = None) -> HiveConfig:
         except ConfigError as e:
             raise ConfigError(f"{source} [gateway]: listen {e.reason}") from e
     gateway = _build(GatewayConfig, gw, f"{source} [gateway]")
+    agents = _build(AgentsConfig, _section(data, "agents", source), f"{source} [agents]")
     env = {
         "run_dir": os.environ.get("HIVE_RUN_DIR"),
         "state_dir": os.environ.get("HIVE_STATE_DIR"),
         "policy_dir": os.environ.get("HIVE_POLICY_DIR"),
     }
     overrides = {k: _path(k, v, f"${'HIVE_' + k.upper()}") for k, v in env.items() if v}
-    return replace(config, core=core, gateway=gateway, **overrides)
+    return replace(config, core=core, gateway=gateway, agents=agents, **overrides)

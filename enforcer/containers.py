@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from enforcer.cgroups import AgentCgroups
 from enforcer.confined import read_agent_state_file
 from enforcer.errors import Conflict, HiveError, NotFound, Unavailable
 from enforcer.files import replace_file
@@ -774,6 +775,7 @@ class NetnsBackend:
         user_prefix: str = AGENT_USER_PREFIX,
         stop_timeout: float = 5.0,
         agent_ids: range = AGENT_IDS,
+        cgroups: AgentCgroups | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.run_dir = run_dir
@@ -786,6 +788,9 @@ class NetnsBackend:
         self.roles_for = roles_for or (lambda name: (f"agent:{name}", "role:agent"))
         self.user_prefix = user_prefix
         self.stop_timeout = stop_timeout
+        # Each agent's memory, CPU and task limits (None: unbounded, e.g. tests
+        # of other layers): the agent's first process is born in its group.
+        self.cgroups = cgroups
         self._lock = threading.RLock()
         self._records = self.store.load()
         self._children: dict[str, subprocess.Popen[bytes]] = {}
@@ -944,8 +949,9 @@ class NetnsBackend:
 
         try:
             thread = threading.Thread(target=in_namespace, name=f"spawn-{rec.name}")
-            thread.start()
-            thread.join()
+            with self._born_in_group(rec.name):
+                thread.start()
+                thread.join()
         finally:
             os.close(log_fd)
         if "error" in box:
@@ -953,6 +959,20 @@ class NetnsBackend:
             raise HiveError(f"cannot start agent {rec.name}: {err}") from err
         proc: subprocess.Popen[bytes] = box["proc"]
         return proc
+
+    @contextlib.contextmanager
+    def _born_in_group(self, name: str) -> Iterator[None]:
+        """The block (the spawn) runs inside agent ``name``'s control group, if any."""
+        if self.cgroups is None:
+            yield
+            return
+        self.cgroups.prepare(name)
+        with self.cgroups.spawning_in(name):
+            yield
+
+    def _remove_group(self, rec: ContainerRecord) -> None:
+        if self.cgroups is not None:
+            self.cgroups.remove(rec.name)
 
     def _terminate(self, rec: ContainerRecord) -> None:
         """SIGTERM the agent's process group, wait, SIGKILL, then every process of its uid."""
@@ -1119,6 +1139,8 @@ class NetnsBackend:
         with contextlib.suppress(HiveError, OSError):
             self._terminate(rec)
         with contextlib.suppress(HiveError, OSError):
+            self._remove_group(rec)
+        with contextlib.suppress(HiveError, OSError):
             self._drop_isolation(rec)
         self._remove_socket(rec)
         self._remove_dirs(rec)
@@ -1175,6 +1197,7 @@ class NetnsBackend:
 
     def _finish_destroy(self, rec: ContainerRecord) -> None:
         self._terminate(rec)
+        self._remove_group(rec)
         self._drop_isolation(rec)
         self._remove_socket(rec)
         self._remove_dirs(rec)

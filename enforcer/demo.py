@@ -43,6 +43,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from enforcer import cgroups
 from enforcer.config import HiveConfig, default_policy_dir, load_config
 from enforcer.containers import processes_of_uid
 from enforcer.errors import HiveError
@@ -106,6 +107,8 @@ class DemoOptions:
     table: str = "hive"
     netns_prefix: str = "hive-"
     ifprefix: str = "hv-"
+    # hive-priv puts each agent's control group in <its own group>/<cgroup_parent>/<agent>.
+    cgroup_parent: str = "hive-agents"
     agents: tuple[tuple[str, str], ...] = DEMO_AGENTS
     core_user: str = CORE_USER
     gateway_user: str = GATEWAY_USER
@@ -450,6 +453,7 @@ class Demo:
                 )
         with contextlib.suppress(HiveError, OSError):
             Nft(self.opts.table).delete_table()
+        cgroups.sweep(self.opts.cgroup_parent)
         shutil.rmtree(self.opts.run_dir, ignore_errors=True)
 
     def create_users(self) -> None:
@@ -526,6 +530,8 @@ class Demo:
             self.opts.netns_prefix,
             "--ifprefix",
             self.opts.ifprefix,
+            "--cgroup-parent",
+            self.opts.cgroup_parent,
         ]
         with self._log("hive-priv") as log:
             self.procs["priv"] = spawn_socket_activated(
@@ -814,6 +820,7 @@ def _options(args: argparse.Namespace) -> DemoOptions:
         table=args.table,
         netns_prefix=args.netns_prefix,
         ifprefix=args.ifprefix,
+        cgroup_parent=args.cgroup_parent,
     )
 
 
@@ -880,6 +887,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--table", default="hive", help="the nftables table (inet) to own")
     p.add_argument("--netns-prefix", default="hive-", help="namespace name prefix")
     p.add_argument("--ifprefix", default="hv-", help="host-side veth name prefix")
+    p.add_argument(
+        "--cgroup-parent",
+        default="hive-agents",
+        help="agents' control groups: <hive-priv's group>/NAME/<agent>",
+    )
     p.add_argument(
         "--once",
         "--no-wait",

@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from enforcer.cgroups import AgentCgroups, Limits
 from enforcer.config import HiveConfig, load_config
 from enforcer.containers import NetnsBackend
 from enforcer.errors import Forbidden, HiveError, PayloadTooLarge
@@ -71,6 +72,7 @@ __all__ = [
     "PrivServer",
     "PrivStartupError",
     "add_arguments",
+    "agent_limits",
     "peer_credentials",
     "run",
     "spawn_socket_activated",
@@ -361,6 +363,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--agent-user-prefix", default="hive-a-", help="per-agent user names: PREFIX<agent>"
     )
+    parser.add_argument(
+        "--cgroup-parent",
+        default="hive-agents",
+        help="agents' control groups go in <hive-priv's own group>/NAME/<agent> "
+        "(limits: [agents] in hive.toml)",
+    )
+
+
+def agent_limits(config: HiveConfig) -> Limits:
+    """``[agents]`` as control-group limits (0 is unbounded)."""
+    agents = config.agents
+    return Limits(
+        memory_bytes=agents.memory_max_bytes or None,
+        cpu=agents.cpu_max or None,
+        pids=agents.tasks_max or None,
+    )
 
 
 def _core_ids(config: HiveConfig, args: argparse.Namespace) -> tuple[int, int]:
@@ -433,6 +451,9 @@ def run(args: argparse.Namespace) -> int:
             state_path=config.run_dir / f"netns-{args.table}.json",
         )
         manager.ensure_table()
+        limits = agent_limits(config)
+        # Limits asked for and not enforceable here: refuse to run agents at all.
+        cgroups = AgentCgroups.here(args.cgroup_parent, limits) if limits.bounded else None
         backend = NetnsBackend(
             state_dir=config.state_dir,
             run_dir=config.run_dir,
@@ -441,6 +462,7 @@ def run(args: argparse.Namespace) -> int:
             core_gid=core_gid,
             roles_for=lambda name: _roles_of(engine, name),
             user_prefix=args.agent_user_prefix,
+            cgroups=cgroups,
         )
         backend.recover()
     except HiveError as e:

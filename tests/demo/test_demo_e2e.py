@@ -105,6 +105,7 @@ def stack() -> Iterator[Stack]:
         table=f"hbd{token}",
         netns_prefix=f"hbd{token}-",
         ifprefix=f"hd{token}",
+        cgroup_parent=f"hbd{token}",
         agents=((f"d{token}q", "asker"), (f"d{token}p", "approver"), (f"d{token}w", "worker")),
         core_user=f"hbdc{token}",
         gateway_user=f"hbdg{token}",

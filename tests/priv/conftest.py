@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from enforcer.cgroups import Layout, discover, sweep
 from enforcer.config import default_policy_dir
 from enforcer.containers import processes_of_uid
 from enforcer.priv import spawn_socket_activated
@@ -98,8 +99,11 @@ class PrivEnv:
     netns_prefix: str
     ifprefix: str
     log_path: Path
+    cgroup_parent: str
     proc: subprocess.Popen[bytes] | None = None
     agents: list[str] = field(default_factory=list)
+    # hive.toml for this hive-priv ("" means none: every default).
+    config: str = ""
 
     @property
     def socket(self) -> Path:
@@ -126,6 +130,10 @@ class PrivEnv:
             PYTHONPATH=str(REPO),
         )
         env.pop("HIVE_CONFIG", None)
+        if self.config:
+            path = self.base / "hive.toml"
+            path.write_text(self.config)
+            env["HIVE_CONFIG"] = str(path)
         return env
 
     def args(self) -> list[str]:
@@ -136,6 +144,7 @@ class PrivEnv:
             "--table", self.table,
             "--netns-prefix", self.netns_prefix,
             "--ifprefix", self.ifprefix,
+            "--cgroup-parent", self.cgroup_parent,
         ]  # fmt: skip
 
     def start(self) -> None:
@@ -182,7 +191,21 @@ def _cleanup(env: PrivEnv) -> None:
         if ifname.startswith(env.ifprefix):
             subprocess.run(["ip", "link", "del", ifname], capture_output=True)
     subprocess.run(["nft", "delete", "table", "inet", env.table], capture_output=True)
+    remove_cgroups(env.cgroup_parent)
     shutil.rmtree(env.base, ignore_errors=True)
+
+
+def cgroup_layout(parent: str) -> Layout:
+    """Where hive-priv started by this process puts agents' groups beneath ``parent``."""
+    return discover(
+        Path("/proc/self/mountinfo").read_text(), Path("/proc/self/cgroup").read_text(), parent
+    )
+
+
+def remove_cgroups(parent: str) -> None:
+    """Remove this test's agents' groups and their parent (their processes are gone by now)."""
+    left = sweep(parent)
+    assert not left, f"control groups left behind: {left}"
 
 
 @contextlib.contextmanager
@@ -214,6 +237,7 @@ def priv_env_under(parent: str) -> Iterator[PrivEnv]:
                 netns_prefix=f"hbp{token}-",
                 ifprefix=f"p{token}",
                 log_path=base / "priv.log",
+                cgroup_parent=f"hbt-{token}",
             )
             try:
                 yield env
