@@ -47,6 +47,7 @@ __all__ = [
     "Limits",
     "Setting",
     "discover",
+    "oom_kills",
     "own_paths",
     "parse_mountinfo",
     "settings",
@@ -350,19 +351,27 @@ class AgentCgroups:
                 found.update(int(p) for p in (path / "cgroup.procs").read_text().split())
         return sorted(found)
 
-    def usage(self, name: str) -> dict[str, int]:
-        """What agent ``name`` uses now: ``memory_bytes`` and ``tasks`` (absent when unknown)."""
+    def usage(self, name: str) -> dict[str, int | float | None]:
+        """Agent ``name``'s limits and what it uses now (keys absent when unknown).
+
+        ``memory_bytes``, ``tasks``, ``oom_kills`` (processes the kernel killed
+        at its memory limit, over the group's life) beside ``memory_max_bytes``,
+        ``cpu_max``, ``tasks_max`` (None: unbounded).
+        """
         dirs = self.layout.agent_dirs(name)
-        files = (
-            ("memory_bytes", dirs["memory"] / "memory.usage_in_bytes")
-            if self.layout.version == 1
-            else ("memory_bytes", dirs["memory"] / "memory.current"),
-            ("tasks", dirs["pids"] / "pids.current"),
-        )
-        out: dict[str, int] = {}
-        for key, path in files:
+        v1 = self.layout.version == 1
+        out: dict[str, int | float | None] = {
+            "memory_max_bytes": self.limits.memory_bytes,
+            "cpu_max": self.limits.cpu,
+            "tasks_max": self.limits.pids,
+        }
+        memory = dirs["memory"] / ("memory.usage_in_bytes" if v1 else "memory.current")
+        for key, path in (("memory_bytes", memory), ("tasks", dirs["pids"] / "pids.current")):
             with contextlib.suppress(OSError, ValueError):
                 out[key] = int(path.read_text().strip())
+        events = dirs["memory"] / ("memory.oom_control" if v1 else "memory.events")
+        with contextlib.suppress(OSError, ValueError):
+            out["oom_kills"] = oom_kills(events.read_text())
         return out
 
     def remove(self, name: str, timeout: float = 5.0) -> None:
@@ -379,6 +388,15 @@ class AgentCgroups:
         for parent in self._dirs(self.layout.parents):
             with contextlib.suppress(FileNotFoundError):
                 parent.rmdir()
+
+
+def oom_kills(text: str) -> int:
+    """The ``oom_kill`` count of ``memory.oom_control`` (v1) or ``memory.events`` (v2) text."""
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "oom_kill":
+            return int(value)
+    raise ValueError("no oom_kill line (a kernel before 4.13)")
 
 
 def _rmdir_waiting(path: Path, deadline: float) -> None:

@@ -831,7 +831,11 @@ class NetnsBackend:
 
     def _info(self, rec: ContainerRecord) -> dict[str, Any]:
         self._refresh(rec)
-        return self._snapshot(rec)
+        info = self._snapshot(rec)
+        if self.cgroups is not None:
+            # Its limits, what it uses, and how often the kernel killed in it.
+            info["resources"] = self.cgroups.usage(rec.name)
+        return info
 
     @staticmethod
     def _snapshot(rec: ContainerRecord) -> dict[str, Any]:

@@ -31,6 +31,7 @@ __all__ = [
     "AGENT_NAME",
     "ROUTES",
     "TITLE",
+    "agent_resources",
     "parse_agent_name",
     "publish_live_revision",
     "register_agent",
@@ -74,7 +75,15 @@ def _agent_json(core: CoreState, record: AgentRecord) -> dict[str, Any]:
     # a backend that knows (the container backend: the veth address) says so.
     ui_url = getattr(core.backend, "ui_url", None)
     out["ui_url"] = ui_url(record.name) if callable(ui_url) else None
+    out["resources"] = agent_resources(core, record.name)
     return out
+
+
+def agent_resources(core: CoreState, name: str) -> dict[str, Any] | None:
+    """Agent ``name``'s control-group limits and use, where the backend bounds agents."""
+    resources = getattr(core.backend, "resources", None)
+    found = resources(name) if callable(resources) else None
+    return found if isinstance(found, dict) else None
 
 
 # --- agents -------------------------------------------------------------------------

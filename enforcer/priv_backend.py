@@ -248,6 +248,12 @@ class PrivLifecycleBackend:
             return "unknown"
         return core_status(self._last.get(name))
 
+    def resources(self, name: str) -> dict[str, Any] | None:
+        """The agent's limits and use (its control group), as of hive-priv's last answer."""
+        info = self._last.get(name)
+        found = info.get("resources") if info else None
+        return found if isinstance(found, dict) else None
+
     def ui_url(self, name: str) -> str | None:
         """Where the agent's web UI listens (its veth address), if it has a network."""
         info = self._last.get(name)

@@ -17,6 +17,7 @@ from enforcer.cgroups import (
     CgroupError,
     Limits,
     discover,
+    oom_kills,
     own_paths,
     parse_mountinfo,
     settings,
@@ -150,3 +151,11 @@ def test_agents_config_zero_means_unbounded_and_tiny_values_are_refused() -> Non
         AgentsConfig(memory_max_bytes=1000)
     with pytest.raises(ConfigError, match="cpu_max must be a number from 0 to 4096"):
         AgentsConfig(cpu_max=-1)
+
+
+def test_oom_kills_are_read_from_either_versions_file() -> None:
+    v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n"
+    v2 = "low 0\nhigh 0\nmax 12\noom 2\noom_kill 2\noom_group_kill 0\n"
+    assert (oom_kills(v1), oom_kills(v2)) == (3, 2)
+    with pytest.raises(ValueError, match="no oom_kill line"):
+        oom_kills("oom_kill_disable 0\nunder_oom 0\n")

@@ -188,6 +188,7 @@ def _agent_context(request: web.Request) -> dict[str, Any]:
         "questions": core.db.questions(status="open", agent=name),
         "approvals": core.db.approvals(status="pending", agent=name),
         "messages": core.db.messages(name, limit=10),
+        "resources": views.resource_use(operator_api.agent_resources(core, name)),
     }
 
 

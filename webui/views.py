@@ -19,10 +19,13 @@ __all__ = [
     "NOTICES",
     "AgentRow",
     "DecisionFilter",
+    "ResourceUse",
     "agent_rows",
     "display_status",
     "filter_decisions",
+    "format_bytes",
     "format_time",
+    "resource_use",
     "safe_next",
 ]
 
@@ -95,6 +98,50 @@ def agent_rows(
             )
         )
     return rows
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes as B, KiB, MiB or GiB (one decimal past bytes)."""
+    if n < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceUse:
+    """What an agent uses of its limits, as the agent page shows it."""
+
+    memory: str
+    tasks: str
+    cpu: str
+    oom_kills: int
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def resource_use(resources: Mapping[str, Any] | None) -> ResourceUse | None:
+    """The agent's control group as words; None when its backend does not bound agents."""
+    if not resources:
+        return None
+    used, most = _int(resources.get("memory_bytes")), _int(resources.get("memory_max_bytes"))
+    memory = format_bytes(used) if used is not None else "unknown"
+    memory += f" of {format_bytes(most)}" if most is not None else " (unbounded)"
+    tasks_now, tasks_max = _int(resources.get("tasks")), _int(resources.get("tasks_max"))
+    tasks = str(tasks_now) if tasks_now is not None else "unknown"
+    tasks += f" of {tasks_max}" if tasks_max is not None else " (unbounded)"
+    cpu_max = resources.get("cpu_max")
+    cpu = (
+        f"at most {cpu_max:g} CPU"
+        if isinstance(cpu_max, int | float) and not isinstance(cpu_max, bool)
+        else "unbounded"
+    )
+    return ResourceUse(memory, tasks, cpu, _int(resources.get("oom_kills")) or 0)
 
 
 def format_time(at: float | None, now: float | None = None) -> str:

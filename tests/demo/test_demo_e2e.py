@@ -161,6 +161,12 @@ def test_each_agent_runs_in_its_own_namespace_as_its_own_uid(stack: Stack) -> No
     assert all(uid in AGENT_IDS for uid in uids), uids
     for name, agent in agents.items():
         assert agent["running"] == "running"
+        # Each in a control group of its own, with [agents]' default limits.
+        resources = agent["resources"]
+        assert resources["memory_max_bytes"] == 1 << 30
+        assert (resources["cpu_max"], resources["tasks_max"]) == (1.0, 512)
+        assert 1 <= resources["tasks"] <= 512
+        assert 0 < resources["memory_bytes"] < 1 << 30
         assert f"{stack.opts.netns_prefix}{name}" in list_namespaces(stack.opts.netns_prefix)
         sock = Path(agent["socket"])
         st = sock.lstat()

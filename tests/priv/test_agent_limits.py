@@ -137,6 +137,9 @@ def test_an_agent_past_its_memory_limit_is_killed_and_hive_priv_serves_on(
         status = _status(client, name)
         assert status["state"] == "failed"
         assert status["exit_code"] == -9  # SIGKILL: the kernel's OOM killer, in its group
+        # The operator is told why (the core's agent page shows it).
+        assert status["resources"]["oom_kills"] >= 1
+        assert status["resources"]["memory_max_bytes"] == 64 << 20
         log = limited.state_dir / "agents" / name / "harness" / "agent.log"
         assert b"took 256 MiB" not in log.read_bytes()
         assert procs.read_text().split() == []

@@ -234,3 +234,47 @@ async def test_bad_page_parameters_are_clear_4xx(core: Core) -> None:
             resp = await op.get(path)
             assert 400 <= resp.status < 500, path
             assert "reason" in json.loads(await resp.text())
+
+
+def test_resource_use_reads_an_agents_group_as_words() -> None:
+    use = views.resource_use(
+        {
+            "memory_bytes": 12 << 20,
+            "memory_max_bytes": 1 << 30,
+            "tasks": 3,
+            "tasks_max": 512,
+            "cpu_max": 0.5,
+            "oom_kills": 2,
+        }
+    )
+    assert use == views.ResourceUse("12.0 MiB of 1.0 GiB", "3 of 512", "at most 0.5 CPU", 2)
+    unbounded = views.resource_use({"memory_max_bytes": None, "cpu_max": None, "tasks_max": None})
+    assert unbounded == views.ResourceUse(
+        "unknown (unbounded)", "unknown (unbounded)", "unbounded", 0
+    )
+    assert views.resource_use(None) is None  # a backend that bounds nothing: no line at all
+    assert views.format_bytes(1000) == "1000 B"
+    assert views.format_bytes(3 << 40) == "3072.0 GiB"
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["memory_bytes", "memory_max_bytes", "tasks", "tasks_max", "cpu_max", "oom_kills"]
+        ),
+        st.one_of(
+            st.none(), st.booleans(), st.integers(), st.floats(), st.text(), st.lists(st.none())
+        ),
+    )
+)
+def test_property_any_resources_answer_renders_without_error_or_echo(
+    resources: dict[str, object],
+) -> None:
+    # hive-priv's answer passes through the core to the page: whatever it holds,
+    # the view is words and numbers, never an echoed object.
+    use = views.resource_use(resources)
+    if use is not None:
+        for text in (use.memory, use.tasks, use.cpu):
+            assert "[" not in text
+            assert "'" not in text
+        assert isinstance(use.oom_kills, int)
