@@ -291,3 +291,72 @@ def test_stopping_leaves_nothing_behind(stack: Stack) -> None:
         assert processes_of_uid(uid) == []
     for name, _ in opts.agents:
         assert not (opts.state_dir / "agents" / name).exists()
+
+
+_AS_THE_CORE = r"""
+import errno, json, os, sys
+run, state, agent = sys.argv[1], sys.argv[2], sys.argv[3]
+out = {}
+def attempt(key, call, *args):
+    try:
+        call(*args)
+        out[key] = "done"
+    except OSError as e:
+        out[key] = errno.errorcode[e.errno]
+attempt("rename priv.sock", os.rename, f"{run}/priv.sock", f"{run}/mine.sock")
+attempt("unlink priv.sock", os.unlink, f"{run}/priv.sock")
+attempt("rename RUN/agents", os.rename, f"{run}/agents", f"{run}/agents-mine")
+attempt("rename STATE/agents", os.rename, f"{state}/agents", f"{state}/agents-mine")
+attempt("rename an agent's directory", os.rename, f"{state}/agents/{agent}", f"{state}/agents/x")
+attempt("rename hive.toml", os.rename, f"{run}/hive.toml", f"{run}/hive-mine.toml")
+attempt("own file in RUN", lambda: open(f"{run}/core-probe", "w").close())
+attempt("remove own file", os.unlink, f"{run}/core-probe")
+print(json.dumps(out))
+"""
+
+
+def test_the_core_can_make_its_files_but_cannot_rename_or_remove_hive_privs(stack: Stack) -> None:
+    # RUN and STATE are root:hive-core 1775 (sticky): the core creates core.sock
+    # and hive.db there, and nothing of hive-priv's can it rename or remove.
+    core = lookup_user(stack.opts.core_user)
+    assert core is not None
+    for top in (stack.opts.run_dir, stack.opts.state_dir):
+        st = top.stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, core.gid, 0o1775), top
+    name = stack.agent("asker")
+    for mine in (
+        stack.opts.run_dir / "agents",
+        stack.opts.state_dir / "agents",
+        stack.opts.state_dir / "agents" / name,
+    ):
+        st = mine.stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 0, 0o755), mine
+    done = subprocess.run(
+        [
+            "/usr/bin/python3",
+            "-c",
+            _AS_THE_CORE,
+            str(stack.opts.run_dir),
+            str(stack.opts.state_dir),
+            name,
+        ],
+        user=core.uid,
+        group=core.gid,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        cwd="/",
+    )
+    assert json.loads(done.stdout) == {
+        "rename priv.sock": "EPERM",
+        "unlink priv.sock": "EPERM",
+        "rename RUN/agents": "EPERM",
+        "rename STATE/agents": "EPERM",
+        "rename an agent's directory": "EACCES",
+        "rename hive.toml": "EPERM",
+        "own file in RUN": "done",
+        "remove own file": "done",
+    }
+    assert (stack.opts.run_dir / "priv.sock").exists()
