@@ -409,14 +409,25 @@ async def test_a_refused_requests_trickled_body_is_not_held_for_long(
         try:
             writer.write(head)
             started = loop.time()
-            closed = asyncio.ensure_future(reader.read(-1))
+            answer = bytearray()
+
+            async def until_closed() -> None:
+                # The answer as it comes, then the close: bytes still in flight
+                # when the gateway closes make it a reset, which may drop what
+                # was received but not yet read (a read(-1) at the end lost the
+                # 401 that way now and then on a busy machine).
+                with contextlib.suppress(ConnectionError):
+                    while chunk := await reader.read(65536):
+                        answer.extend(chunk)
+
+            closed = asyncio.ensure_future(until_closed())
             while not closed.done() and loop.time() - started < BOUND:
                 with contextlib.suppress(ConnectionError):
                     writer.write(b"a")
                     await writer.drain()
                 await asyncio.wait([closed], timeout=0.2)
             assert closed.done()
-            assert closed.result().startswith(b"HTTP/1.1 401")
+            assert bytes(answer).startswith(b"HTTP/1.1 401"), bytes(answer[:200])
             assert loop.time() - started < 4.0
         finally:
             writer.close()
