@@ -14,13 +14,19 @@ process exists:
 - **tasks**: processes and threads together (``pids``), beside the per-uid
   ``RLIMIT_NPROC`` (:func:`enforcer.containers._limit_processes`).
 
-How an agent gets in: hive-priv moves *itself* into the agent's group for the
-instant of the spawn and back right after (:meth:`AgentCgroups.spawning_in`),
-so the agent's first process is born inside and everything it forks stays
-there - never moved in after it could have forked. The same move works on
-cgroup v1 (this is what the tests exercise) and on v2 (a ``Delegate=yes``
-unit; hive-priv first moves itself into a leaf of its own, since a v2 group
-with controllers for its children may hold no process itself).
+How an agent gets in: its first process is born inside, so everything it
+forks stays there - it is never moved in after it could have forked. On
+cgroup v1 (what this project's machines have, and what the tests exercise)
+the spawn thread alone joins the agent's groups (:meth:`AgentCgroups.enter_thread`)
+and forks the agent; hive-priv's other threads never enter. v2 moves whole
+processes only, so there hive-priv enters the agent's group for the instant
+of the spawn and leaves right after (:meth:`AgentCgroups.spawning_in`; a
+``Delegate=yes`` unit, hive-priv first moving itself into a leaf of its own,
+since a v2 group with controllers for its children may hold no process
+itself); meanwhile its own threads count against the agent's task limit,
+which is why ``tasks_max`` is at least 16. The spawn thread also unshares
+the cgroup namespace: a cgroup file system the agent mounted itself would
+show only its own group.
 
 The pure parts (reading ``/proc/self/mountinfo`` and ``/proc/self/cgroup``,
 the files and values a set of limits means) are plain functions; the thin
@@ -32,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -41,6 +48,7 @@ from enforcer.errors import HiveError
 
 __all__ = [
     "CONTROLLERS",
+    "GROUP_PREFIX",
     "AgentCgroups",
     "CgroupError",
     "Layout",
@@ -61,6 +69,9 @@ CPU_PERIOD_US = 100_000
 """The CPU quota's period (the kernel's default): ``cpu_max`` CPUs' worth of it per period."""
 
 _LEAF = "priv"
+
+GROUP_PREFIX = "a-"
+"""Agent ``name``'s group is ``<parent>/a-<name>``."""
 """(cgroup v2) hive-priv's own leaf beneath its unit's group."""
 
 
@@ -209,8 +220,13 @@ class Layout:
     homes: Mapping[str, Path]  # controller -> hive-priv's own group (to move back to)
 
     def agent_dirs(self, name: str) -> dict[str, Path]:
-        """Controller -> agent ``name``'s group directory."""
-        return {c: p / name for c, p in self.parents.items()}
+        """Controller -> agent ``name``'s group directory (``a-<name>``).
+
+        Prefixed: a bare agent name can be a control file's (``tasks`` is a
+        valid agent name and a v1 file in every group); no control file of
+        either version starts with ``a-``.
+        """
+        return {c: p / f"{GROUP_PREFIX}{name}" for c, p in self.parents.items()}
 
 
 def discover(mountinfo: str, cgroup: str, parent: str) -> Layout:
@@ -316,6 +332,8 @@ class AgentCgroups:
         try:
             for path in self._dirs(dirs):
                 path.mkdir(mode=0o755, exist_ok=True)
+                if path.is_symlink() or not path.is_dir():
+                    raise CgroupError(f"{path} is not a control group directory")
             for s in self._settings:
                 target = dirs[s.controller] / s.file
                 if s.optional and not target.exists():
@@ -323,6 +341,26 @@ class AgentCgroups:
                 _write(target, s.value)
         except OSError as e:
             raise CgroupError(f"cannot set agent {name}'s limits: {e}") from e
+
+    @property
+    def per_thread(self) -> bool:
+        """Whether one thread can join a group alone (v1): see :meth:`enter_thread`."""
+        return self.layout.version == 1
+
+    def enter_thread(self, name: str) -> None:
+        """(v1) Move the calling thread alone into agent ``name``'s groups.
+
+        A process it forks is born there; hive-priv's other threads stay where
+        they are (not counted against the agent's tasks, not held to its CPU
+        quota, charging nothing to its memory). The thread is the spawn's own
+        and ends after it, so it never moves back.
+        """
+        tid = str(threading.get_native_id())
+        try:
+            for path in self._dirs(self.layout.agent_dirs(name)):
+                _write(path / "tasks", tid)
+        except OSError as e:
+            raise CgroupError(f"cannot enter agent {name}'s control group: {e}") from e
 
     @contextlib.contextmanager
     def spawning_in(self, name: str) -> Iterator[None]:

@@ -69,6 +69,7 @@ def default_policy_dir() -> Path:
 _DAY = 24 * 3600
 _GIB = 1 << 30
 _MIB_16 = 16 << 20
+_MIN_TASKS = 16
 
 # Inclusive ranges of the numeric settings (a value outside is refused with
 # its range: a typo such as a negative size or a zero timeout would otherwise
@@ -229,6 +230,13 @@ class AgentsConfig:
             raise ConfigError(
                 f"[agents] memory_max_bytes must be 0 (unbounded) or at least {_MIB_16}, "
                 f"got {self.memory_max_bytes}"
+            )
+        if 0 < self.tasks_max < _MIN_TASKS:
+            # The agent, its interpreter's threads and (cgroup v2) hive-priv's own
+            # threads for the instant of the spawn: fewer would refuse the start.
+            raise ConfigError(
+                f"[agents] tasks_max must be 0 (unbounded) or at least {_MIN_TASKS}, "
+                f"got {self.tasks_max}"
             )
         if 0 < self.cpu_max < 0.01:
             raise ConfigError(

@@ -401,6 +401,8 @@ _TMPFS_INODES = 65536
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWIPC = 0x08000000
+_CLONE_NEWCGROUP = 0x02000000
+CGROUP_FS = Path("/sys/fs/cgroup")
 _MS_RDONLY = 0x1
 _MS_NOSUID = 0x2
 _MS_NODEV = 0x4
@@ -514,9 +516,12 @@ def _enter_sandbox(needed: Sequence[Path], programs: Sequence[Path] = ()) -> Non
     discarded, and the agent does not start.
     """
     libc = _libc()
-    if libc.unshare(_CLONE_NEWNS | _CLONE_NEWIPC) != 0:
+    # CLONE_NEWCGROUP: the thread's (the agent's) control group becomes the
+    # root of every cgroup file system the agent could mount itself (in a user
+    # namespace of its own), so none shows it another group or host pid.
+    if libc.unshare(_CLONE_NEWNS | _CLONE_NEWIPC | _CLONE_NEWCGROUP) != 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"unshare(CLONE_NEWNS|CLONE_NEWIPC): {os.strerror(err)}")
+        raise OSError(err, f"unshare(CLONE_NEWNS|CLONE_NEWIPC|CLONE_NEWCGROUP): {os.strerror(err)}")
     _mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE, "")
     # Where a directory is a symlink (/dev/shm -> /run/shm on older systems),
     # its target is what must be private; one that does not exist is skipped.
@@ -575,6 +580,12 @@ def _enter_sandbox(needed: Sequence[Path], programs: Sequence[Path] = ()) -> Non
         _mount(libc, "mqueue", "/dev/mqueue", "mqueue", flags, "")
     flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
     _mount(libc, "proc", "/proc", "proc", flags, "hidepid=invisible")
+    # The host's cgroup file systems list every group's pids (cgroup.procs and
+    # tasks are world-readable) and other agents' use: past hidepid, a side
+    # channel. Covered by an empty read-only tmpfs; agents need none of it.
+    if CGROUP_FS.is_dir() and not CGROUP_FS.is_symlink():
+        flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC | _MS_RDONLY
+        _mount(libc, "tmpfs", str(CGROUP_FS), "tmpfs", flags, "mode=0555,size=4k,nr_inodes=1")
 
 
 AGENT_LOG_LIMIT = 8 << 20
@@ -929,6 +940,10 @@ class NetnsBackend:
             # is the one recorded). The uid/gid drop happens in the child
             # before exec (Popen user/group/extra_groups), with no preexec_fn.
             try:
+                if self.cgroups is not None and self.cgroups.per_thread:
+                    # This thread (only) joins the agent's groups; the agent
+                    # forked from it is born there.
+                    self.cgroups.enter_thread(rec.name)
                 _enter_netns(netns_path)
                 _enter_sandbox(needed, programs)
                 _no_new_privileges()
@@ -966,11 +981,18 @@ class NetnsBackend:
 
     @contextlib.contextmanager
     def _born_in_group(self, name: str) -> Iterator[None]:
-        """The block (the spawn) runs inside agent ``name``'s control group, if any."""
+        """The block (the spawn) runs with agent ``name``'s control group made and ready.
+
+        cgroup v1: the spawn thread joins the group itself (``enter_thread``);
+        v2 moves whole processes only, so hive-priv enters it for the block.
+        """
         if self.cgroups is None:
             yield
             return
         self.cgroups.prepare(name)
+        if self.cgroups.per_thread:
+            yield
+            return
         with self.cgroups.spawning_in(name):
             yield
 
@@ -1201,10 +1223,12 @@ class NetnsBackend:
 
     def _finish_destroy(self, rec: ContainerRecord) -> None:
         self._terminate(rec)
-        self._remove_group(rec)
         self._drop_isolation(rec)
         self._remove_socket(rec)
         self._remove_dirs(rec)
+        # Last before the user: one that cannot go yet (a process still being
+        # torn down) leaves the record pending, and a retry finds the rest gone.
+        self._remove_group(rec)
         if rec.user_created:
             remove_system_user(rec.user)
         self._records.pop(rec.name, None)

@@ -50,9 +50,9 @@ def test_a_hybrid_host_uses_each_v1_hierarchy_beneath_hive_privs_own_group() -> 
     layout = discover(HYBRID_MOUNTINFO, HYBRID_CGROUP, "hive-agents")
     assert layout.version == 1
     assert layout.agent_dirs("alpha") == {
-        "memory": Path("/sys/fs/cgroup/memory/process_api/25cd/hive-agents/alpha"),
-        "pids": Path("/sys/fs/cgroup/pids/system.slice/hive-priv.service/hive-agents/alpha"),
-        "cpu": Path("/sys/fs/cgroup/cpu,cpuacct/hive-agents/alpha"),
+        "memory": Path("/sys/fs/cgroup/memory/process_api/25cd/hive-agents/a-alpha"),
+        "pids": Path("/sys/fs/cgroup/pids/system.slice/hive-priv.service/hive-agents/a-alpha"),
+        "cpu": Path("/sys/fs/cgroup/cpu,cpuacct/hive-agents/a-alpha"),
     }
     assert layout.homes["cpu"] == Path("/sys/fs/cgroup/cpu,cpuacct")
 
@@ -61,7 +61,7 @@ def test_a_v2_host_puts_agents_and_hive_privs_own_leaf_side_by_side_in_its_unit(
     layout = discover(V2_MOUNTINFO, V2_CGROUP, "hive-agents")
     unit = Path("/sys/fs/cgroup/system.slice/hive-priv.service")
     assert layout.version == 2
-    assert set(layout.agent_dirs("alpha").values()) == {unit / "hive-agents" / "alpha"}
+    assert set(layout.agent_dirs("alpha").values()) == {unit / "hive-agents" / "a-alpha"}
     assert set(layout.homes.values()) == {unit / "priv"}
     # Already moved into its leaf (a second start of the backend): the same layout.
     again = discover(V2_MOUNTINFO, "0::/system.slice/hive-priv.service/priv\n", "hive-agents")
@@ -151,6 +151,8 @@ def test_agents_config_zero_means_unbounded_and_tiny_values_are_refused() -> Non
         AgentsConfig(memory_max_bytes=1000)
     with pytest.raises(ConfigError, match="cpu_max must be a number from 0 to 4096"):
         AgentsConfig(cpu_max=-1)
+    with pytest.raises(ConfigError, match=r"tasks_max must be 0 \(unbounded\) or at least 16"):
+        AgentsConfig(tasks_max=4)
 
 
 def test_oom_kills_are_read_from_either_versions_file() -> None:

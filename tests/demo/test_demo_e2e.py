@@ -272,27 +272,6 @@ def test_a_second_run_after_a_crash_cleans_up_and_starts(stack: Stack) -> None:
     assert len(list_namespaces(stack.opts.netns_prefix)) == 3
 
 
-def test_stopping_leaves_nothing_behind(stack: Stack) -> None:
-    opts = stack.opts
-    uids = [a["uid"] for a in stack.demo._op().api("GET", "/api/agents")["agents"]]
-    assert len(uids) == len(opts.agents)
-    stack.demo.stop()
-    assert list_namespaces(opts.netns_prefix) == []
-    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    assert [line for line in links.splitlines() if f": {opts.ifprefix}" in line] == []
-    assert not Nft(opts.table).exists()
-    assert not opts.run_dir.exists()  # core.sock, priv.sock, agents/*.sock with it
-    for pid in stack.pids:
-        assert (
-            not Path(f"/proc/{pid}").exists()
-            or b"enforcer" not in Path(f"/proc/{pid}/cmdline").read_bytes()
-        )
-    for uid in uids:
-        assert processes_of_uid(uid) == []
-    for name, _ in opts.agents:
-        assert not (opts.state_dir / "agents" / name).exists()
-
-
 _AS_THE_CORE = r"""
 import errno, json, os, sys
 run, state, agent = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -360,3 +339,24 @@ def test_the_core_can_make_its_files_but_cannot_rename_or_remove_hive_privs(stac
         "remove own file": "done",
     }
     assert (stack.opts.run_dir / "priv.sock").exists()
+
+
+def test_stopping_leaves_nothing_behind(stack: Stack) -> None:
+    opts = stack.opts
+    uids = [a["uid"] for a in stack.demo._op().api("GET", "/api/agents")["agents"]]
+    assert len(uids) == len(opts.agents)
+    stack.demo.stop()
+    assert list_namespaces(opts.netns_prefix) == []
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    assert [line for line in links.splitlines() if f": {opts.ifprefix}" in line] == []
+    assert not Nft(opts.table).exists()
+    assert not opts.run_dir.exists()  # core.sock, priv.sock, agents/*.sock with it
+    for pid in stack.pids:
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or b"enforcer" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        )
+    for uid in uids:
+        assert processes_of_uid(uid) == []
+    for name, _ in opts.agents:
+        assert not (opts.state_dir / "agents" / name).exists()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,3 +198,79 @@ def test_a_destroyed_agents_group_is_gone_and_a_restart_keeps_the_limits(
         time.sleep(0.05)
     assert not memory.exists()
     assert not _group(limited, name, "pids").exists()
+
+
+SEER = (
+    _REPORT
+    + r"""
+import os, time
+with open("/proc/self/cgroup") as f:
+    paths = [line.rstrip("\n").split(":", 2)[2] for line in f]
+send_report({"sys_fs_cgroup": os.listdir("/sys/fs/cgroup"), "paths": paths})
+time.sleep(600)
+"""
+)
+
+
+def test_an_agent_sees_no_group_but_its_own_and_no_pid_through_the_cgroup_files(
+    limited: PrivEnv,
+) -> None:
+    # Found by review: /sys/fs/cgroup (the host's sysfs) listed every host pid
+    # in world-readable cgroup.procs files, past the agent's hidepid /proc.
+    with _running(limited, SEER) as name:
+        seen = _report(limited, name)
+        assert seen["sys_fs_cgroup"] == []
+        # Its own cgroup namespace: its group is its root.
+        assert set(seen["paths"]) == {"/"}, seen["paths"]
+
+
+def test_an_agent_named_like_a_control_file_starts_and_goes(limited: PrivEnv) -> None:
+    # Found by review: "tasks" is a valid agent name and a v1 control file in
+    # every group; its group could not be made, nor the container destroyed.
+    client = PrivClient(limited.socket, timeout=60)
+    name = "tasks"
+    limited.agents.append(name)
+    asyncio.run(
+        client.container_create(name, [SYSTEM_PYTHON, "-c", "import time; time.sleep(600)"])
+    )
+    try:
+        asyncio.run(client.container_start(name))
+        assert _status(client, name)["state"] == "running"
+        assert _group(limited, name, "pids").is_dir()
+    finally:
+        asyncio.run(client.container_destroy(name))
+    assert name not in asyncio.run(client.container_status())
+    assert not _group(limited, name, "pids").exists()
+
+
+def test_hive_privs_own_threads_never_count_against_an_agents_tasks(
+    priv_env: PrivEnv,
+) -> None:
+    # Found by review: hive-priv moved its whole process (every thread) into
+    # the agent's group for the spawn; with a small tasks_max the start failed.
+    priv_env.config = "[agents]\ntasks_max = 16\n"
+    priv_env.start()
+    # hive-priv serves each connection in a thread of its own: 24 idle ones
+    # give it more threads than the agent may have tasks.
+    asyncio.run(PrivClient(priv_env.socket, timeout=60).container_status())  # activated
+    idle = [socket.socket(socket.AF_UNIX) for _ in range(24)]
+    try:
+        for conn in idle:
+            conn.connect(str(priv_env.socket))
+        assert priv_env.proc is not None
+        pid = priv_env.proc.pid
+        wait_until("hive-priv's threads", lambda: len(os.listdir(f"/proc/{pid}/task")) > 24)
+        _many_threads_then_forker(priv_env)
+    finally:
+        for conn in idle:
+            conn.close()
+
+
+def _many_threads_then_forker(priv_env: PrivEnv) -> None:
+    with _running(priv_env, FORKER) as name:
+        seen = _report(priv_env, name)
+        assert seen["made"] == 15, seen
+        assert priv_env.proc is not None
+        tasks = (_group(priv_env, name, "pids") / "tasks").read_text().split()
+        threads = os.listdir(f"/proc/{priv_env.proc.pid}/task")
+        assert not set(tasks) & set(threads)
