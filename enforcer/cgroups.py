@@ -1,9 +1,9 @@
 """Per-agent control groups: how much memory, CPU and how many tasks an agent may use.
 
-hive-priv gives every agent a control group of its own beneath its own one
-(``<hive-priv's cgroup>/<parent>/<agent>``), with the limits of ``[agents]``
-(:class:`enforcer.config.AgentsConfig`) written before the agent's first
-process exists:
+hive-priv gives every agent a control group of its own (``<parent>/a-<agent>``:
+beneath hive-priv's own group on v1, at the top of the hierarchy on v2), with
+the limits of ``[agents]`` (:class:`enforcer.config.AgentsConfig`) written
+before the agent's first process exists:
 
 - **memory**: a hard limit on what the agent's processes use together (page
   cache and kernel memory included); past it the kernel reclaims, then kills
@@ -20,13 +20,13 @@ cgroup v1 (what this project's machines have, and what the tests exercise)
 the spawn thread alone joins the agent's groups (:meth:`AgentCgroups.enter_thread`)
 and forks the agent; hive-priv's other threads never enter. v2 moves whole
 processes only, so there hive-priv enters the agent's group for the instant
-of the spawn and leaves right after (:meth:`AgentCgroups.spawning_in`; a
-``Delegate=yes`` unit, hive-priv first moving itself into a leaf of its own,
-since a v2 group with controllers for its children may hold no process
-itself); meanwhile its own threads count against the agent's task limit,
-which is why ``tasks_max`` is at least 16. The spawn thread also unshares
-the cgroup namespace: a cgroup file system the agent mounted itself would
-show only its own group.
+of the spawn and leaves right after (:meth:`AgentCgroups.spawning_in`);
+meanwhile its own threads count against the agent's task limit, which is
+why ``tasks_max`` is at least 16. On v2 the agents' parent is at the top of
+the hierarchy (``/sys/fs/cgroup/<parent>``), not beneath hive-priv's unit
+(see :func:`discover`); this path is not exercised on this project's
+machines (cgroup v1). The spawn thread also unshares the cgroup namespace:
+a cgroup file system the agent mounted itself would show only its own group.
 
 The pure parts (reading ``/proc/self/mountinfo`` and ``/proc/self/cgroup``,
 the files and values a set of limits means) are plain functions; the thin
@@ -248,15 +248,15 @@ def discover(mountinfo: str, cgroup: str, parent: str) -> Layout:
         return Layout(1, {c: homes[c] / parent for c in CONTROLLERS}, homes)
     v2 = [m for m in mounts if m.version == 2]
     if v2 and "" in paths:
-        base = _beneath(v2[0], paths[""])
-        if base is None:
+        home = _beneath(v2[0], paths[""])
+        if home is None:
             raise CgroupError(f"this process's group {paths['']} is not visible here")
-        # The unit's own group gets the agents' parent and a leaf for hive-priv.
-        if base.name == _LEAF:
-            base = base.parent
-        return Layout(
-            2, {c: base / parent for c in CONTROLLERS}, {c: base / _LEAF for c in CONTROLLERS}
-        )
+        # At the top of the hierarchy, not beneath hive-priv's unit: a v2 group
+        # that hands controllers to children may hold no process, and systemd
+        # (before DelegateSubgroup=) puts a restarted service's process into
+        # the unit's own group - which would then refuse it while agents run.
+        top = v2[0].mountpoint / parent
+        return Layout(2, {c: top for c in CONTROLLERS}, {c: home for c in CONTROLLERS})
     missing = [c for c in CONTROLLERS if c not in v1]
     raise CgroupError(
         "no cgroup file system with the memory, pids and cpu controllers is mounted "
@@ -297,30 +297,25 @@ class AgentCgroups:
         return list(dict.fromkeys(per_controller.values()))
 
     def set_up(self) -> None:
-        """Make the agents' parent group(s) (v2: and hive-priv's leaf, with it moved there)."""
+        """Make the agents' parent group(s) (v2: with the three controllers handed down)."""
         try:
-            if self.layout.version == 2:
-                self._set_up_v2()
             for parent in self._dirs(self.layout.parents):
+                if self.layout.version == 2:
+                    self._check_v2(parent.parent)
                 parent.mkdir(mode=0o755, exist_ok=True)
                 if self.layout.version == 2:
                     self._enable_v2(parent)
         except OSError as e:
             raise CgroupError(f"cannot make the agents' control groups: {e}") from e
 
-    def _set_up_v2(self) -> None:
-        leaf = self.layout.homes["memory"]
-        unit = leaf.parent
-        available = (unit / "cgroup.controllers").read_text().split()
+    def _check_v2(self, top: Path) -> None:
+        available = (top / "cgroup.controllers").read_text().split()
         missing = [c for c in CONTROLLERS if c not in available]
         if missing:
-            raise CgroupError(
-                f"{unit}: controllers {', '.join(missing)} are not delegated to hive-priv "
-                "(its unit needs Delegate=yes)"
-            )
-        leaf.mkdir(mode=0o755, exist_ok=True)
-        _write(leaf / "cgroup.procs", str(os.getpid()))
-        self._enable_v2(unit)
+            raise CgroupError(f"{top}: controllers {', '.join(missing)} are not available")
+        enabled = (top / "cgroup.subtree_control").read_text().split()
+        if any(c not in enabled for c in CONTROLLERS):
+            self._enable_v2(top)
 
     @staticmethod
     def _enable_v2(group: Path) -> None:

@@ -57,15 +57,11 @@ def test_a_hybrid_host_uses_each_v1_hierarchy_beneath_hive_privs_own_group() -> 
     assert layout.homes["cpu"] == Path("/sys/fs/cgroup/cpu,cpuacct")
 
 
-def test_a_v2_host_puts_agents_and_hive_privs_own_leaf_side_by_side_in_its_unit() -> None:
+def test_a_v2_host_puts_agents_at_the_top_and_hive_priv_stays_in_its_unit() -> None:
     layout = discover(V2_MOUNTINFO, V2_CGROUP, "hive-agents")
-    unit = Path("/sys/fs/cgroup/system.slice/hive-priv.service")
     assert layout.version == 2
-    assert set(layout.agent_dirs("alpha").values()) == {unit / "hive-agents" / "a-alpha"}
-    assert set(layout.homes.values()) == {unit / "priv"}
-    # Already moved into its leaf (a second start of the backend): the same layout.
-    again = discover(V2_MOUNTINFO, "0::/system.slice/hive-priv.service/priv\n", "hive-agents")
-    assert again == layout
+    assert set(layout.agent_dirs("alpha").values()) == {Path("/sys/fs/cgroup/hive-agents/a-alpha")}
+    assert set(layout.homes.values()) == {Path("/sys/fs/cgroup/system.slice/hive-priv.service")}
 
 
 def test_a_host_without_the_controllers_is_refused_by_name() -> None:

@@ -106,9 +106,3 @@ def test_hive_privs_unit_takes_nothing_from_its_agents_that_they_need() -> None:
     svc = _unit("hive-priv.service")["Service"]
     present = sorted(key for key in _INHERITED_BY_CHILDREN if key in svc)
     assert present == [], f"hive-priv.service sets {present}: its agents would inherit them"
-
-
-def test_hive_priv_is_handed_the_controllers_its_agents_groups_need() -> None:
-    # On cgroup v2 only a delegated unit may make groups beneath its own and
-    # enable memory/pids/cpu for them ([agents] limits, enforcer/cgroups.py).
-    assert _unit("hive-priv.service")["Service"]["Delegate"] == "yes"
