@@ -7,8 +7,10 @@ test fails.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
+import json
 import os
 import secrets
 import shutil
@@ -20,6 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,8 +30,9 @@ from enforcer.cgroups import Layout, discover, sweep
 from enforcer.config import default_policy_dir
 from enforcer.containers import processes_of_uid
 from enforcer.priv import spawn_socket_activated
+from enforcer.priv_client import PrivClient
 from enforcer.users import SystemUser, ensure_system_user, lookup_user, remove_system_user
-from tests.conftest import require_root
+from tests.conftest import require_root, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEM_PYTHON = "/usr/bin/python3"  # for children running as other users: stdlib only
@@ -263,3 +267,37 @@ def priv(priv_env: PrivEnv) -> PrivEnv:
     """A running hive-priv (socket-activated)."""
     priv_env.start()
     return priv_env
+
+
+# Prepended to an agent program: send_report(data) writes state/report.json
+# atomically (a test reads it only once it is whole).
+AGENT_REPORT = r"""
+import json as _json, os as _os
+def send_report(data):
+    state = _os.environ["HIVE_STATE_DIR"]
+    with open(_os.path.join(state, ".report"), "w") as f:
+        _json.dump(data, f)
+    _os.rename(_os.path.join(state, ".report"), _os.path.join(state, "report.json"))
+"""
+
+
+def read_report(env: PrivEnv, name: str, timeout: float = 30) -> dict[str, Any]:
+    """Agent ``name``'s next report (waited for, then consumed)."""
+    path = env.state_dir / "agents" / name / "state" / "report.json"
+    wait_until(f"{name}'s report", path.exists, timeout=timeout)
+    data: dict[str, Any] = json.loads(path.read_text())
+    path.unlink()
+    return data
+
+
+@contextlib.contextmanager
+def running_agent(env: PrivEnv, code: str) -> Iterator[str]:
+    """A container running ``python -c code``, destroyed afterwards; yields its name."""
+    client = PrivClient(env.socket, timeout=60)
+    name = env.agent_name()
+    asyncio.run(client.container_create(name, [SYSTEM_PYTHON, "-c", code]))
+    try:
+        asyncio.run(client.container_start(name))
+        yield name
+    finally:
+        asyncio.run(client.container_destroy(name))

@@ -10,8 +10,6 @@ with it when it is destroyed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
 import socket
 import time
@@ -23,20 +21,18 @@ import pytest
 
 from enforcer.priv_client import PrivClient
 from tests.conftest import wait_until
-from tests.priv.conftest import SYSTEM_PYTHON, PrivEnv, cgroup_layout, priv_env_under
-
-# The agent writes state/report.json atomically, once, when it has something to say.
-_REPORT = r"""
-import json as _json, os as _os
-def send_report(data):
-    state = _os.environ["HIVE_STATE_DIR"]
-    with open(_os.path.join(state, ".report"), "w") as f:
-        _json.dump(data, f)
-    _os.rename(_os.path.join(state, ".report"), _os.path.join(state, "report.json"))
-"""
+from tests.priv.conftest import (
+    AGENT_REPORT,
+    SYSTEM_PYTHON,
+    PrivEnv,
+    cgroup_layout,
+    priv_env_under,
+    read_report,
+    running_agent,
+)
 
 GREEDY = (
-    _REPORT
+    AGENT_REPORT
     + r"""
 import os, sys, time
 send_report({"started": True})
@@ -52,7 +48,7 @@ time.sleep(600)
 )
 
 FORKER = (
-    _REPORT
+    AGENT_REPORT
     + r"""
 import os, time
 made, errors = 0, []
@@ -72,7 +68,7 @@ time.sleep(600)
 )
 
 SPINNER = (
-    _REPORT
+    AGENT_REPORT
     + r"""
 import time
 start = time.monotonic()
@@ -93,26 +89,6 @@ def limited() -> Iterator[PrivEnv]:
         yield env
 
 
-def _report(env: PrivEnv, name: str) -> dict[str, Any]:
-    path = env.state_dir / "agents" / name / "state" / "report.json"
-    wait_until(f"{name}'s report", path.exists, timeout=30)
-    data: dict[str, Any] = json.loads(path.read_text())
-    path.unlink()
-    return data
-
-
-@contextlib.contextmanager
-def _running(env: PrivEnv, code: str) -> Iterator[str]:
-    client = PrivClient(env.socket, timeout=60)
-    name = env.agent_name()
-    asyncio.run(client.container_create(name, [SYSTEM_PYTHON, "-c", code]))
-    try:
-        asyncio.run(client.container_start(name))
-        yield name
-    finally:
-        asyncio.run(client.container_destroy(name))
-
-
 def _status(client: PrivClient, name: str) -> dict[str, Any]:
     return asyncio.run(client.container_status())[name]
 
@@ -125,8 +101,8 @@ def test_an_agent_past_its_memory_limit_is_killed_and_hive_priv_serves_on(
     limited: PrivEnv,
 ) -> None:
     client = PrivClient(limited.socket, timeout=60)
-    with _running(limited, GREEDY) as name:
-        assert _report(limited, name) == {"started": True}
+    with running_agent(limited, GREEDY) as name:
+        assert read_report(limited, name) == {"started": True}
         # Its first process was born in its group (never moved in after it could fork).
         procs = _group(limited, name, "memory") / "cgroup.procs"
         status = _status(client, name)
@@ -148,15 +124,16 @@ def test_an_agent_past_its_memory_limit_is_killed_and_hive_priv_serves_on(
     # hive-priv itself was not the one killed, and still makes containers.
     assert limited.proc is not None
     assert limited.proc.poll() is None
-    with _running(limited, _REPORT + "send_report({'ok': 1})\nimport time; time.sleep(60)") as n:
-        assert _report(limited, n) == {"ok": 1}
+    still = AGENT_REPORT + "send_report({'ok': 1})\nimport time; time.sleep(60)"
+    with running_agent(limited, still) as n:
+        assert read_report(limited, n) == {"ok": 1}
 
 
 def test_an_agent_forking_without_end_gets_no_more_tasks_than_its_limit(
     limited: PrivEnv,
 ) -> None:
-    with _running(limited, FORKER) as name:
-        seen = _report(limited, name)
+    with running_agent(limited, FORKER) as name:
+        seen = read_report(limited, name)
         # 24 tasks: the agent itself and 23 children; the 24th fork is refused (EAGAIN).
         assert seen["made"] == 23, seen
         assert seen["errors"] == [11]
@@ -164,8 +141,8 @@ def test_an_agent_forking_without_end_gets_no_more_tasks_than_its_limit(
 
 
 def test_a_spinning_agent_gets_no_more_than_its_share_of_cpu(limited: PrivEnv) -> None:
-    with _running(limited, SPINNER) as name:
-        seen = _report(limited, name)
+    with running_agent(limited, SPINNER) as name:
+        seen = read_report(limited, name)
         # 0.1 CPU: 10 ms per 100 ms period. 1.5 s of wall clock spinning would be
         # 1.5 s of CPU unbounded; bounded it is about 0.15 s (a period of slack).
         assert seen["wall"] >= 1.5
@@ -179,7 +156,7 @@ def test_a_destroyed_agents_group_is_gone_and_a_restart_keeps_the_limits(
     limited: PrivEnv,
 ) -> None:
     client = PrivClient(limited.socket, timeout=60)
-    with _running(limited, "import time; time.sleep(600)") as name:
+    with running_agent(limited, "import time; time.sleep(600)") as name:
         memory = _group(limited, name, "memory")
         assert (memory / "memory.limit_in_bytes").read_text().strip() == str(64 << 20)
         asyncio.run(client.container_restart(name))
@@ -201,7 +178,7 @@ def test_a_destroyed_agents_group_is_gone_and_a_restart_keeps_the_limits(
 
 
 SEER = (
-    _REPORT
+    AGENT_REPORT
     + r"""
 import os, time
 with open("/proc/self/cgroup") as f:
@@ -217,8 +194,8 @@ def test_an_agent_sees_no_group_but_its_own_and_no_pid_through_the_cgroup_files(
 ) -> None:
     # Found by review: /sys/fs/cgroup (the host's sysfs) listed every host pid
     # in world-readable cgroup.procs files, past the agent's hidepid /proc.
-    with _running(limited, SEER) as name:
-        seen = _report(limited, name)
+    with running_agent(limited, SEER) as name:
+        seen = read_report(limited, name)
         assert seen["sys_fs_cgroup"] == []
         # Its own cgroup namespace: its group is its root.
         assert set(seen["paths"]) == {"/"}, seen["paths"]
@@ -267,8 +244,8 @@ def test_hive_privs_own_threads_never_count_against_an_agents_tasks(
 
 
 def _many_threads_then_forker(priv_env: PrivEnv) -> None:
-    with _running(priv_env, FORKER) as name:
-        seen = _report(priv_env, name)
+    with running_agent(priv_env, FORKER) as name:
+        seen = read_report(priv_env, name)
         assert seen["made"] == 15, seen
         assert priv_env.proc is not None
         tasks = (_group(priv_env, name, "pids") / "tasks").read_text().split()

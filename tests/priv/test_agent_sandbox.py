@@ -25,7 +25,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -50,24 +49,20 @@ from enforcer.users import (
     remove_system_user,
 )
 from tests.conftest import require_root, wait_until
-from tests.priv.conftest import SYSTEM_PYTHON, PrivEnv, priv_env_under
-
-# Prepended to each agent program below: send_report(data) writes
-# state/report.json atomically (the test reads it only once it is whole).
-_REPORT = r"""
-import json as _json, os as _os
-def send_report(data):
-    state = _os.environ["HIVE_STATE_DIR"]
-    with open(_os.path.join(state, ".report"), "w") as f:
-        _json.dump(data, f)
-    _os.rename(_os.path.join(state, ".report"), _os.path.join(state, "report.json"))
-"""
+from tests.priv.conftest import (
+    AGENT_REPORT,
+    SYSTEM_PYTHON,
+    PrivEnv,
+    priv_env_under,
+    read_report,
+    running_agent,
+)
 
 # The agent: optionally leaves a file in each private directory and a SysV
 # shared memory segment, then reports what it sees (atomically, into its own
 # state/) and stays running.
 PROBE = (
-    _REPORT
+    AGENT_REPORT
     + r"""
 import ctypes, json, os, sys, time
 token, key, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -127,7 +122,7 @@ while True:
 
 # The agent as an attacker: every way it can think of to the host's /tmp.
 ATTACK = (
-    _REPORT
+    AGENT_REPORT
     + r"""
 import ctypes, json, os, sys, time
 token, host_pid = sys.argv[1], int(sys.argv[2])
@@ -181,14 +176,6 @@ def _program(env: PrivEnv, name: str, code: str) -> str:
     return str(path)
 
 
-def _report(env: PrivEnv, name: str) -> dict[str, Any]:
-    path = env.state_dir / "agents" / name / "state" / "report.json"
-    wait_until(f"{name}'s report", path.exists, timeout=20)
-    data: dict[str, Any] = json.loads(path.read_text())
-    path.unlink()
-    return data
-
-
 def _mounts(pid: str = "self") -> list[str]:
     """A mount table, less the network namespaces' nsfs mounts (this and other tests add them)."""
     lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
@@ -225,7 +212,7 @@ def test_what_an_agent_leaves_reaches_neither_host_nor_other_agent_nor_next_agen
                 client.container_create(name, [SYSTEM_PYTHON, probe, token, str(key), mode])
             )
             asyncio.run(client.container_start(name))
-        seen_a, seen_b = _report(priv, a), _report(priv, b)
+        seen_a, seen_b = read_report(priv, a), read_report(priv, b)
         status = asyncio.run(client.container_status())
 
         # A sees what it left (the probe works) - and nothing of the host's /tmp.
@@ -268,7 +255,7 @@ def test_what_an_agent_leaves_reaches_neither_host_nor_other_agent_nor_next_agen
         c = priv.agent_name()
         asyncio.run(client.container_create(c, [SYSTEM_PYTHON, probe, token, str(key), "read"]))
         asyncio.run(client.container_start(c))
-        seen_c = _report(priv, c)
+        seen_c = read_report(priv, c)
         assert seen_c["seen"] == []
         assert seen_c["shm_key"] is False
         assert seen_c["uid"] not in {uid_a, status[b]["uid"]}
@@ -284,10 +271,10 @@ def test_a_restart_and_a_restarted_hive_priv_keep_the_sandbox_and_the_pid(priv: 
     name = priv.agent_name()
     asyncio.run(client.container_create(name, [SYSTEM_PYTHON, probe, token, "1", "read"]))
     first = asyncio.run(client.container_start(name))
-    assert _report(priv, name)["mine_before"] is False
+    assert read_report(priv, name)["mine_before"] is False
     # Each run gets a fresh /tmp: what the last run left is gone.
     again = asyncio.run(client.container_restart(name))
-    seen = _report(priv, name)
+    seen = read_report(priv, name)
     assert seen["mine_before"] is False
     assert again["pid"] == seen["pid"] != first["pid"]
     # hive-priv restarted: it adopts the sandboxed agent by pid and start time.
@@ -312,7 +299,7 @@ def test_an_agent_cannot_take_its_sandbox_apart(priv: PrivEnv) -> None:
     with _host_marker(token) as marker:
         asyncio.run(client.container_create(name, argv))
         asyncio.run(client.container_start(name))
-        out = _report(priv, name)
+        out = read_report(priv, name)
         assert marker.read_text() == "the host's"
     assert "the host's" not in json.dumps(out), out
     assert out["direct"] == "FileNotFoundError"
@@ -331,7 +318,7 @@ def test_an_agent_cannot_take_its_sandbox_apart(priv: PrivEnv) -> None:
 # Where STATE and RUN live under /tmp (a development set-up): the agent's own
 # state/ and socket directory are bound into its private /tmp, nothing else.
 TMP_AGENT = (
-    _REPORT
+    AGENT_REPORT
     + r"""
 import json, os, socket, sys, time
 s = socket.socket(socket.AF_UNIX)
@@ -366,7 +353,7 @@ def test_state_and_socket_stay_reachable_when_state_and_run_live_under_tmp() -> 
                 assert conn.recv(16) == b"hello"
         finally:
             listener.close()
-        seen = _report(env, name)
+        seen = read_report(env, name)
         # Only the stubs down to its own paths: not the host's /tmp, not the
         # rest of the test's directory (hive-priv's log, the policy copy).
         assert seen == {"tmp": [env.base.name], "base": ["run", "state"], "host": False}
@@ -374,7 +361,7 @@ def test_state_and_socket_stay_reachable_when_state_and_run_live_under_tmp() -> 
 
 
 PROGRAM_UNDER_TMP = (
-    _REPORT
+    AGENT_REPORT
     + r"""
 import json, os, sys, time
 here = os.path.dirname(os.path.abspath(__file__))
@@ -416,7 +403,7 @@ def test_a_program_under_tmp_still_runs_and_sees_only_its_own_directory_read_onl
             asyncio.run(client.container_create(name, [SYSTEM_PYTHON, str(program), str(marker)]))
             try:
                 asyncio.run(client.container_start(name))
-                seen = _report(priv, name)
+                seen = read_report(priv, name)
             finally:
                 asyncio.run(client.container_destroy(name))
         assert seen == {
@@ -515,7 +502,7 @@ def test_a_destroyed_agents_uid_is_not_reused_even_across_a_hive_priv_restart(
 # the agent outlived stop and destroy. It reports its process limit, then
 # forks away from its session and beats on a unix socket the test listens on.
 WANDER = (
-    _REPORT
+    AGENT_REPORT
     + r"""
 import json, os, resource, socket, sys, time
 send_report({"nproc": resource.getrlimit(resource.RLIMIT_NPROC)})
@@ -578,7 +565,7 @@ def test_an_agent_that_keeps_changing_its_pid_is_gone_after_stop_and_destroy(
         made = asyncio.run(client.container_create(name, [SYSTEM_PYTHON, "-c", WANDER, path]))
         try:
             asyncio.run(client.container_start(name))
-            assert _report(priv, name)["nproc"] == [AGENT_MAX_PROCESSES] * 2
+            assert read_report(priv, name)["nproc"] == [AGENT_MAX_PROCESSES] * 2
             assert _beats_within(beats, 1.5) > 0, "the agent runs"
             asyncio.run(getattr(client, f"container_{op}")(name))
             time.sleep(0.3)
@@ -621,7 +608,7 @@ time.sleep(600)
 def test_an_agent_printing_without_end_cannot_fill_the_disk_with_its_log(priv: PrivEnv) -> None:
     # Found in review: the agent's stdout goes to harness/agent.log, a root-owned
     # file no disk quota on the agent's uid would count, and nothing bounded it.
-    with _running(priv, CHATTY) as name:
+    with running_agent(priv, CHATTY) as name:
         log = priv.state_dir / "agents" / name / "harness" / "agent.log"
         wait_until("the log turned over", (log.parent / "agent.log.1").exists, timeout=20)
         wait_until("the agent's next line", lambda: b"still here" in log.read_bytes(), timeout=20)
@@ -629,21 +616,8 @@ def test_an_agent_printing_without_end_cannot_fill_the_disk_with_its_log(priv: P
         assert (log.parent / "agent.log.1").stat().st_size <= AGENT_LOG_KEEP
 
 
-@contextlib.contextmanager
-def _running(priv: PrivEnv, code: str) -> Iterator[str]:
-    """A container running ``python -c code``, destroyed afterwards; yields its name."""
-    client = PrivClient(priv.socket, timeout=60)
-    name = priv.agent_name()
-    asyncio.run(client.container_create(name, [SYSTEM_PYTHON, "-c", code]))
-    try:
-        asyncio.run(client.container_start(name))
-        yield name
-    finally:
-        asyncio.run(client.container_destroy(name))
-
-
 HOG = (
-    _REPORT
+    AGENT_REPORT
     + r"""
 import ctypes, json, os, resource, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -667,9 +641,9 @@ def test_an_agent_cannot_reserve_disk_through_its_output(priv: PrivEnv) -> None:
     # Found by an attack review: fallocate(FALLOC_FL_KEEP_SIZE) on its stdout
     # reserved 256 MiB of root's blocks in harness/agent.log while the file's
     # size stayed 0 - past the size check and any quota on the agent's uid.
-    with _running(priv, HOG) as name:
+    with running_agent(priv, HOG) as name:
         log = priv.state_dir / "agents" / name / "harness" / "agent.log"
-        seen = _report(priv, name)
+        seen = read_report(priv, name)
         assert (seen["rc"], seen["errno"]) == (-1, errno.EOPNOTSUPP)
         # io_uring's operations run in kernel threads no seccomp filter sees:
         # an IORING_OP_FALLOCATE reserved 512 MiB past the filter (attack review).
