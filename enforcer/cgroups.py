@@ -72,7 +72,6 @@ _LEAF = "priv"
 
 GROUP_PREFIX = "a-"
 """Agent ``name``'s group is ``<parent>/a-<name>``."""
-"""(cgroup v2) hive-priv's own leaf beneath its unit's group."""
 
 
 class CgroupError(HiveError):
