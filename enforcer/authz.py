@@ -64,6 +64,7 @@ __all__ = [
     "decision_event",
     "expect_handler",
     "json_error",
+    "new_request_id",
     "path_resource",
     "refuse_before_routing",
     "refuse_unrouted",
@@ -347,7 +348,7 @@ def _next_id_head(n: int) -> str:
     return _id_head
 
 
-def _new_request_id() -> str:
+def new_request_id() -> str:
     """A fresh request id: the process's prefix and its counter, 16 hex digits.
 
     The enforcer's hot path computes the same inline.
@@ -550,13 +551,34 @@ class Enforcer:
         self._verdicts[(principal, resource, action)] = verdict
         return verdict
 
+    def decide(self, principal: str, resource: str, action: str) -> Decision:
+        """Decide (principal, this channel, resource, action) under the live policy; unlogged.
+
+        For a caller that answers a request without a route of its own (the
+        gateway's front door, :mod:`enforcer.frontdoor`): it logs the decision
+        with :meth:`log_decision` before acting on it, as the enforcer does.
+        """
+        return self._verdict(self._engine.current, principal, resource, action).decision
+
+    def log_decision(self, principal: str, resource: str, action: str, request_id: str) -> Decision:
+        """Decide as :meth:`decide` and write its decision line (and sink entry) now.
+
+        :class:`OSError` when the line cannot be written: the caller must then
+        not act on the decision (every decision is logged or not made).
+        """
+        verdict = self._verdict(self._engine.current, principal, resource, action)
+        verdict.line.write_hex(request_id)
+        if self._on_decision is not None:
+            self._on_decision((verdict.line.event, request_id))
+        return verdict.decision
+
     async def _run(
         self, handler: Handler, binding: RouteBinding, request: web.Request
     ) -> web.StreamResponse:
         # The hot path of every request: a verdict is remembered per (principal,
         # route, raw target) where the resource follows from the path, so a repeat
         # skips the resource function and the policy (bench/agent_socket.py).
-        # _new_request_id, inlined.
+        # new_request_id, inlined.
         n = next(_id_counter)
         low = n & 0xFF
         request_id = (_id_head if low else _next_id_head(n)) + _HEX2[low]
@@ -605,7 +627,7 @@ class Enforcer:
 
     async def _unmatched(self, request: web.Request) -> web.StreamResponse:
         """No bound route matches: the admission checks, then 404 or 405; nothing else runs."""
-        request_id = _new_request_id()
+        request_id = new_request_id()
         request[REQUEST_ID] = request_id
         try:
             found = self._admit(request)
@@ -701,7 +723,7 @@ def refuse_before_routing(request: web.BaseRequest, channel: str, error: HiveErr
     It gets a request id (also put on the request) and one ``request.refused``
     line, as the enforcer's own refusals do.
     """
-    request_id = _new_request_id()
+    request_id = new_request_id()
     request[REQUEST_ID] = request_id
     return _refusal(channel, error, request_id)
 

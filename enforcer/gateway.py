@@ -146,6 +146,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import email.utils
 import functools
 import html
 import json
@@ -155,14 +156,19 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
+from http import HTTPStatus
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http import HttpVersion11
+from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
+from aiohttp.http_writer import _serialize_headers
+from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.typedefs import Handler
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -170,6 +176,7 @@ from yarl import URL
 from enforcer import authz, paths, proxy, serving, supervisor
 from enforcer.config import ConfigError, HiveConfig, load_config, parse_listen
 from enforcer.errors import BadRequest, Forbidden, HiveError, NotFound, Unavailable
+from enforcer.frontdoor import FrontDoor
 from enforcer.log import configure_logging, get_logger
 from enforcer.policy import PolicyEngine
 from enforcer.policy.follow import follow
@@ -187,7 +194,7 @@ from enforcer.sessions import (
     session_dir,
     tokens_equal,
 )
-from enforcer.upstream import Upstream
+from enforcer.upstream import Upstream, UpstreamAnswer, UpstreamError, UpstreamTimeout
 
 __all__ = [
     "AGENT_CSP",
@@ -546,16 +553,7 @@ def _cookie(request: web.Request, name: str) -> str | None:
     A plain scan of the ``Cookie`` header: the full cookie parser costs more
     than the session check, and the session check refuses anything odd.
     """
-    header = request.headers.get("Cookie")
-    if not header:
-        return None
-    prefix = name + "="
-    found: str | None = None
-    for part in header.split(";"):
-        part = part.strip()
-        if part.startswith(prefix):
-            found = part[len(prefix) :]
-    return found
+    return _cookie_in(request.headers.get("Cookie"), name)
 
 
 def _principal_of(request: web.Request) -> str:
@@ -708,11 +706,15 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
                     headers["Access-Control-Allow-Headers"] = allowed
                 headers["Access-Control-Max-Age"] = "600"
         return
+    _operator_space_headers(headers, raw_path, tls=_tls(request.app[CONFIG]))
+
+
+def _operator_space_headers(headers: CIMultiDict[str], raw_path: str, *, tls: bool) -> None:
+    """The operator's pages' own headers (a response outside the agent space)."""
     csp = headers.get("Content-Security-Policy")
     if csp is not None and "frame-ancestors" not in csp:
         headers["Content-Security-Policy"] = f"{csp}; frame-ancestors 'self'"
     # Each default only where the response has none of its own (setdefault, all at once).
-    tls = _tls(request.app[CONFIG])
     headers.merge(_OPERATOR_DEFAULTS[tls, raw_path.startswith("/static/")])
 
 
@@ -792,14 +794,33 @@ async def _require_csrf(request: web.Request) -> bytes | None:
 
 
 def _core_headers(request: web.Request) -> CIMultiDict[str]:
-    config = request.app[CONFIG]
-    headers = proxy.filter_request_headers(request.headers, drop=_PRIVATE_REQUEST)
-    headers["Host"] = _authority(config)
-    headers["X-Hive-Request-Id"] = request[authz.REQUEST_ID]
     session = request.get(_SESSION)
-    if session is not None and request.get(authz.PRINCIPAL) == "operator":
+    operator = session is not None and request.get(authz.PRINCIPAL) == "operator"
+    return _core_headers_for(
+        request.headers,
+        request[authz.REQUEST_ID],
+        session if operator else None,
+        _authority(request.app[CONFIG]),
+    )
+
+
+def _core_headers_for(
+    client: CIMultiDictProxy[str],
+    request_id: str,
+    operator: Session | None,
+    authority: str,
+) -> CIMultiDict[str]:
+    """What the core gets: the client's headers filtered, then the gateway's own.
+
+    ``operator``: the session of a request the gateway admitted as the operator's;
+    ``authority``: the gateway's own (:func:`_authority`), as ``Host``.
+    """
+    headers = proxy.filter_request_headers(client, drop=_PRIVATE_REQUEST)
+    headers["Host"] = authority
+    headers["X-Hive-Request-Id"] = request_id
+    if operator is not None:
         headers["X-Hive-Principal"] = "operator"
-        headers["X-Hive-CSRF-Token"] = session.csrf_token
+        headers["X-Hive-CSRF-Token"] = operator.csrf_token
     return headers
 
 
@@ -1080,6 +1101,204 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
                 await follower
 
 
+# --- the front door's lane (enforcer.frontdoor) ----------------------------------------
+
+_ENFORCER: web.AppKey[authz.Enforcer] = web.AppKey("gateway_enforcer", authz.Enforcer)
+_HOT_PREFIX = "/api/"
+# The catch-all route's binding (create_app): what the lane decides for.
+_HOT_ACTION, _HOT_RESOURCE = "dashboard.view", "ui"
+
+
+class _Date:
+    """An RFC 9110 date for the ``Date`` header, formatted once a second."""
+
+    __slots__ = ("_second", "_text")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def now(self) -> str:
+        second = int(time.time())
+        if second != self._second:
+            self._second = second
+            self._text = email.utils.formatdate(second, usegmt=True)
+        return self._text
+
+
+class HotPath:
+    """The operator's plain reads of the API, served at the front door (plain HTTP only).
+
+    :meth:`admit` takes ``GET /api/...`` - HTTP/1.1, no body, no upgrade, no
+    ``Expect``, not ``Connection: close`` - from a live operator session whose
+    request the policy allows, exactly as the gateway's routes decide it:
+    the same raw-path check, the same session store, the same enforcer (its
+    decision line written before anything is forwarded), the same headers to
+    the core and back. Everything else it declines, leaving no trace, and the
+    request goes to the aiohttp application, which answers it (and logs it)
+    as before. What it answers: the core's answer relayed (small ones in one
+    write, others streamed, chunked when the core gave no length, a client
+    that stops reading cut off after ``idle_timeout``), or the same JSON 503
+    or 504 the application gives when the core cannot answer.
+    """
+
+    __slots__ = ("_app", "_authority", "_cookie", "_date")
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+        self._authority = _authority(app[CONFIG])
+        self._cookie = cookie_name(False)
+        self._date = _Date()
+
+    def admit(self, door: FrontDoor, head: bytes) -> Coroutine[Any, Any, None] | None:
+        """The answering coroutine for ``head`` if the lane takes it, else None (see class)."""
+        message = self._parse(head)
+        if message is None:
+            return None
+        app = self._app
+        raw = message.path
+        if not raw.startswith(_HOT_PREFIX) or paths.in_agent_space(raw):
+            return None
+        try:
+            paths.check_target(raw)
+        except HiveError:
+            return None  # the application refuses it, and says why
+        headers = message.headers
+        session_id = _cookie_in(headers.get("Cookie"), self._cookie)
+        session = app[SESSIONS].get(session_id)
+        if session is None or session_id is None:
+            return None  # 401 is the application's
+        enforcer = app[_ENFORCER]
+        if not enforcer.decide("operator", _HOT_RESOURCE, _HOT_ACTION).allowed:
+            return None  # a refusal is the application's to answer and log
+        request_id = authz.new_request_id()
+        try:
+            enforcer.log_decision("operator", _HOT_RESOURCE, _HOT_ACTION, request_id)
+        except OSError:
+            return None  # not logged, so not made: the application answers 503
+        target = paths.parse_target(raw)
+        upstream_target = f"{target.path}?{target.query}" if target.query else target.path
+        to_core = _core_headers_for(headers, request_id, session, self._authority)
+        return self._serve(door, upstream_target, to_core, request_id)
+
+    @staticmethod
+    def _parse(head: bytes) -> RawRequestMessage | None:
+        loop = asyncio.get_running_loop()
+        # No protocol: a head the lane takes has no body for the parser to stream.
+        parser = HttpRequestParser(None, loop, 2**16, max_line_size=8190, max_field_size=8190)
+        try:
+            messages, upgraded, _tail = parser.feed_data(head)
+        except Exception:  # any doubt about the head: the application's parser judges
+            return None
+        if len(messages) != 1 or upgraded:
+            return None
+        message, payload = messages[0]
+        if (
+            payload is not EMPTY_PAYLOAD
+            or message.method != "GET"
+            or message.version != HttpVersion11
+            or message.should_close
+            or message.upgrade
+            or message.chunked
+            or "Expect" in message.headers
+            or "Content-Length" in message.headers
+            or "Transfer-Encoding" in message.headers
+        ):
+            return None
+        return message
+
+    async def _serve(
+        self, door: FrontDoor, target: str, headers: CIMultiDict[str], request_id: str
+    ) -> None:
+        upstream = self._app[_CORE_HTTP]
+        idle = upstream.idle_timeout
+        try:
+            answer = await upstream.request("GET", target, headers)
+        except UpstreamTimeout:
+            door.write(self._error(504, request_id))
+            return
+        except UpstreamError:
+            door.write(self._error(503, request_id))
+            return
+        try:
+            await self._relay(door, answer, request_id, idle)
+        finally:
+            answer.release()
+
+    async def _relay(
+        self, door: FrontDoor, answer: UpstreamAnswer, request_id: str, idle: float
+    ) -> None:
+        # As proxy._relay does for the application (and _to_core's error mapping).
+        if answer.status < 200:
+            door.write(self._error(503, request_id))
+            return
+        out = proxy.filter_response_headers(answer.headers)
+        length = answer.content_length
+        no_body = answer.status in proxy.NO_BODY_STATUS
+        if length is not None and length <= proxy.SMALL_BODY and not no_body:
+            try:
+                data = await answer.content.readexactly(length)
+            except TimeoutError:
+                door.write(self._error(504, request_id))
+                return
+            except (asyncio.IncompleteReadError, aiohttp.ClientError):
+                door.write(self._error(503, request_id))
+                return
+            out.popall("Content-Length", None)
+            out["Content-Length"] = str(len(data))
+            door.write(self._head(answer.status, answer.reason, out, request_id) + data)
+            return
+        chunked = False
+        if no_body:
+            out.popall("Content-Length", None)
+        elif length is None:
+            out["Transfer-Encoding"] = "chunked"
+            chunked = True
+        door.write(self._head(answer.status, answer.reason, out, request_id))
+        if no_body:
+            return
+        try:
+            async for chunk in answer.content.iter_any():
+                door.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                await door.drain(idle)
+            if chunked:
+                door.write(b"0\r\n\r\n")
+        except (TimeoutError, aiohttp.ClientError, ConnectionError):
+            # The client stopped reading, or the core's answer broke off: the
+            # headers are gone, so a truncated body must not look whole.
+            door.abort()
+
+    def _head(self, status: int, reason: str, headers: CIMultiDict[str], request_id: str) -> bytes:
+        headers.update(_ALWAYS)
+        headers["X-Hive-Request-Id"] = request_id
+        _operator_space_headers(headers, _HOT_PREFIX, tls=False)
+        headers.setdefault("Date", self._date.now())
+        return _serialize_headers(f"HTTP/1.1 {status} {reason}", headers)
+
+    def _error(self, status: int, request_id: str) -> bytes:
+        body = json.dumps(
+            {"error": "unavailable", "reason": _SERVER_REASONS[status], "request_id": request_id}
+        ).encode()
+        headers: CIMultiDict[str] = CIMultiDict()
+        headers["Content-Type"] = "application/json; charset=utf-8"
+        headers["Content-Length"] = str(len(body))
+        reason = HTTPStatus(status).phrase
+        return self._head(status, reason, headers, request_id) + body
+
+
+def _cookie_in(header: str | None, name: str) -> str | None:
+    """Cookie ``name``'s value in a ``Cookie`` header (the last one given), as :func:`_cookie`."""
+    if not header:
+        return None
+    prefix = name + "="
+    found: str | None = None
+    for part in header.split(";"):
+        part = part.strip()
+        if part.startswith(prefix):
+            found = part[len(prefix) :]
+    return found
+
+
 def create_app(config: HiveConfig, *, engine: PolicyEngine | None = None) -> web.Application:
     """The gateway application (routes bound, default-deny authorisation, sessions)."""
     engine = engine if engine is not None else PolicyEngine(config.policy_dir)
@@ -1097,6 +1316,7 @@ def create_app(config: HiveConfig, *, engine: PolicyEngine | None = None) -> web
     app = web.Application(client_max_size=FORM_LIMIT, middlewares=[_pages_middleware])
     app[CONFIG] = config
     app[ENGINE] = engine
+    app[_ENFORCER] = enforcer
     app[_TOKEN] = OperatorToken(config.operator_token_file)
     app.cleanup_ctx.append(_resources)
     app.on_response_prepare.append(_security_headers)
@@ -1181,7 +1401,9 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def make_runner(app: web.Application, *, shutdown_timeout: float | None = None) -> web.AppRunner:
+def make_runner(
+    app: web.Application, *, shutdown_timeout: float | None = None, hot_path: bool = True
+) -> web.AppRunner:
     """The runner a gateway worker serves ``app`` with (tests serve the gateway so too).
 
     No access log (the decision log is the gateway's log). Request bodies are
@@ -1195,9 +1417,13 @@ def make_runner(app: web.Application, *, shutdown_timeout: float | None = None) 
     request head within ``header_timeout``, the next within
     ``keepalive_timeout``.
     """
-    gw = app[CONFIG].gateway
+    config = app[CONFIG]
+    gw = config.gateway
     return serving.GatewayRunner(
         app,
+        # The operator's plain API reads at the front door (enforcer.frontdoor);
+        # with TLS every request goes to the application.
+        lane=HotPath(app) if hot_path and not _tls(config) else None,
         max_connections=gw.max_connections,
         header_timeout=gw.header_timeout,
         keepalive_timeout=gw.keepalive_timeout,

@@ -50,6 +50,7 @@ from enforcer.upstream import (
 
 __all__ = [
     "HOP_BY_HOP",
+    "NO_BODY_STATUS",
     "SMALL_BODY",
     "BodyStalled",
     "UpstreamError",
@@ -95,7 +96,8 @@ _SPOOFABLE_EXACT = frozenset({"forwarded", "x-real-ip"})
 _SPOOFABLE_PREFIXES = ("x-hive-", "x-forwarded-")
 _REQUEST_REFUSED = HOP_BY_HOP | _REQUEST_OWN
 _RESPONSE_REFUSED_PREFIXES = ("access-control-", "x-hive-")
-_NO_BODY_STATUS = frozenset({204, 304})
+NO_BODY_STATUS = frozenset({204, 304})
+"""Statuses whose answer has no body, whatever its headers say (RFC 9110 6.4.1)."""
 SMALL_BODY = 16 * 1024
 """Bodies up to this size with a known length are sent with their headers in one write."""
 
@@ -332,7 +334,7 @@ async def _relay(
             and length <= SMALL_BODY
             and request.method != "HEAD"
             # No body by definition, whatever Content-Length says (RFC 9110 8.6).
-            and upstream.status not in _NO_BODY_STATUS
+            and upstream.status not in NO_BODY_STATUS
         ):
             # A small body of known length is read and sent with its headers
             # in one write: bounded by SMALL_BODY, so nothing large is held.

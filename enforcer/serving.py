@@ -40,6 +40,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from enforcer import authz
 from enforcer.errors import BadRequest, HiveError
+from enforcer.frontdoor import FrontDoor, Lane
 from enforcer.log import get_logger
 
 __all__ = [
@@ -137,7 +138,13 @@ class _Handler(RequestHandler):
     request line back.
     """
 
-    __slots__ = ()
+    __slots__ = ("first_deadline",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Set when a front door hands its connection over: the deadline it was
+        # under, instead of a fresh header_timeout from now.
+        self.first_deadline: float | None = None
 
     def handle_error(
         self,
@@ -183,7 +190,7 @@ class _Handler(RequestHandler):
         # deadline at keepalive_timeout and the timer follows it.
         if self._keepalive_handle is not None:
             self._keepalive_handle.cancel()
-        deadline = self._loop.time() + server.header_timeout
+        deadline = self.first_deadline or self._loop.time() + server.header_timeout
         self._next_keepalive_close_time = deadline
         self._keepalive_handle = self._loop.call_at(deadline, self._process_keepalive)
 
@@ -198,6 +205,7 @@ class _Server(web.Server):
         cap: int | None,
         header_timeout: float | None,
         channel: str,
+        lane: Lane | None = None,
     ) -> None:
         # The same request handler, factory and handler arguments aiohttp built
         # for the application (AppRunner._make_server), with our handler class.
@@ -212,23 +220,53 @@ class _Server(web.Server):
         self.cap = cap
         self.header_timeout = header_timeout
         self.channel = channel
-        # Every connection handed a handler and not yet lost -> when accepted.
-        self._open: dict[RequestHandler, float] = {}
+        self.lane = lane
+        # Every connection handed a handler (or a front door) and not yet lost
+        # -> when accepted.
+        self._open: dict[asyncio.Protocol, float] = {}
 
     # The loop takes any protocol; aiohttp's annotation names its own handler.
     def __call__(self) -> asyncio.Protocol:  # type: ignore[override]
         if self.cap is not None and len(self._open) >= self.cap and not self._purge():
             return _Refused()
+        protocol: asyncio.Protocol
+        if self.lane is not None:
+            protocol = FrontDoor(
+                self,
+                self.lane,
+                loop=self._loop,
+                header_timeout=self.header_timeout,
+                keepalive_timeout=float(self._handler_kwargs.get("keepalive_timeout", 75.0)),
+            )
+        else:
+            protocol = _Handler(self, loop=self._loop, **self._handler_kwargs)
+        self._open[protocol] = self._loop.time()
+        return protocol
+
+    def take_over(self, door: FrontDoor, deadline: float | None) -> asyncio.Protocol:
+        """aiohttp's handler for ``door``'s connection, counted (since its accept) in its place."""
         handler = _Handler(self, loop=self._loop, **self._handler_kwargs)
-        self._open[handler] = self._loop.time()
+        handler.first_deadline = deadline
+        self._open[handler] = self._open.pop(door, self._loop.time())
         return handler
+
+    def door_lost(self, door: FrontDoor) -> None:
+        """``door``'s connection ended before any handler took it."""
+        self._open.pop(door, None)
+
+    async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - aiohttp's
+        """aiohttp's shutdown, after closing the connections front doors still hold."""
+        for protocol in list(self._open):
+            if isinstance(protocol, FrontDoor):
+                protocol.close()
+        await super().shutdown(timeout)
 
     def _purge(self) -> bool:
         """Forget handlers whose TLS handshake failed (the loop never told them); any room now?"""
         stale = self._loop.time() - _HANDSHAKE_LIMIT - 1.0
-        for handler, accepted in list(self._open.items()):
-            if accepted < stale and handler.transport is None:
-                del self._open[handler]
+        for protocol, accepted in list(self._open.items()):
+            if accepted < stale and getattr(protocol, "transport", None) is None:
+                del self._open[protocol]
         return self.cap is None or len(self._open) < self.cap
 
     def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
@@ -251,18 +289,23 @@ class HiveRunner(web.AppRunner):
     gateway's :class:`GatewayRunner` adds its connection limits.
     """
 
-    __slots__ = ("_cap", "_channel", "_header_timeout")
+    __slots__ = ("_cap", "_channel", "_header_timeout", "_lane")
 
     def __init__(self, app: web.Application, *, channel: str, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self._channel = channel
         self._cap: int | None = None
         self._header_timeout: float | None = None
+        self._lane: Lane | None = None
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
         return _Server(
-            plain, cap=self._cap, header_timeout=self._header_timeout, channel=self._channel
+            plain,
+            cap=self._cap,
+            header_timeout=self._header_timeout,
+            channel=self._channel,
+            lane=self._lane,
         )
 
 
@@ -282,11 +325,14 @@ class GatewayRunner(HiveRunner):
         *,
         max_connections: int,
         header_timeout: float,
+        lane: Lane | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(app, channel="gateway", **kwargs)
         self._max_connections = max_connections
         self._header_timeout = header_timeout
+        # The front door's hot path (enforcer.frontdoor), for plain-HTTP sites.
+        self._lane = lane
 
     async def _make_server(self) -> web.Server:
         # The file limit as it is at set-up (the worker raises it before).

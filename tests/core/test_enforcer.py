@@ -106,14 +106,14 @@ def test_forked_workers_hand_out_distinct_request_ids() -> None:
     pid = os.fork()
     if pid == 0:  # the child: its first ids, to the parent
         try:
-            os.write(write, " ".join(authz._new_request_id() for _ in range(3)).encode())
+            os.write(write, " ".join(authz.new_request_id() for _ in range(3)).encode())
         finally:
             os._exit(0)
     os.close(write)
     with os.fdopen(read) as pipe:
         child = set(pipe.read().split())
     os.waitpid(pid, 0)
-    parent = {authz._new_request_id() for _ in range(3)}
+    parent = {authz.new_request_id() for _ in range(3)}
     assert len(child) == 3
     assert child.isdisjoint(parent)
     assert {i[:8] for i in child}.isdisjoint({i[:8] for i in parent})
@@ -121,7 +121,7 @@ def test_forked_workers_hand_out_distinct_request_ids() -> None:
 
 def test_request_ids_are_16_hex_digits_and_never_repeat() -> None:
     # Only the last two digits are looked up per id; the rest changes every 256th.
-    ids = [authz._new_request_id() for _ in range(5 * 256 + 3)]
+    ids = [authz.new_request_id() for _ in range(5 * 256 + 3)]
     assert all(re.fullmatch(r"[0-9a-f]{16}", i) for i in ids)
     assert len(set(ids)) == len(ids)
     counters = [int(i[8:], 16) for i in ids]

@@ -256,7 +256,9 @@ class Stack:
         start_core: bool = True,
         gateway: dict[str, Any] | None = None,
         tls: tuple[Path, Path] | None = None,
+        hot_path: bool = True,
     ) -> None:
+        self._hot_path = hot_path
         self.base_dir = Path(tempfile.mkdtemp(prefix="hbg-", dir="/tmp"))
         self.run_dir = self.base_dir / "run"
         self.state_dir = self.base_dir / "state"
@@ -322,7 +324,7 @@ class Stack:
         from enforcer.gateway import _ssl_context
 
         ssl_context = _ssl_context(self.config)
-        runner = make_runner(create_app(self.config), shutdown_timeout=0.2)
+        runner = make_runner(create_app(self.config), shutdown_timeout=0.2, hot_path=self._hot_path)
         await runner.setup()
         await web.SockSite(runner, gw_sock, ssl_context=ssl_context).start()
         self._runners.append(runner)

@@ -1,0 +1,274 @@
+"""The gateway's front door: one narrow hot path before aiohttp, everything else to aiohttp.
+
+A client connection first meets a :class:`FrontDoor` (an ``asyncio.Protocol``).
+It serves one shape of request itself - the operator's plain reads of the
+API, ``GET /api/...`` with no body, answered by the core - and hands every
+other request, untouched and with its connection, to aiohttp's server:
+
+- **What it takes.** Only a buffer that starts with ``GET /api/`` and holds
+  exactly one complete request head (``CRLF CRLF`` at its very end: nothing
+  pipelined behind it, no body bytes) is offered to the :class:`Lane`, which
+  parses it with aiohttp's own request parser, checks it as the gateway does
+  and either serves it or declines. A buffer that cannot become such a head
+  (another method or target, a bare-LF head, one longer than
+  :data:`HEAD_LIMIT`) is handed over at once.
+- **Handing over** (:meth:`FrontDoor.hand_off`): aiohttp's request handler
+  takes the transport and is fed every byte this door holds, as they came,
+  so aiohttp sees the connection as if it had had it from the start - with
+  the deadline the door was under, not a fresh one. The connection stays
+  aiohttp's from then on.
+- **One request at a time.** While the lane serves, bytes that arrive are
+  kept (reading pauses past :data:`PENDING_LIMIT`) and looked at only after
+  the answer is complete, in order.
+- **Deadlines and the cap** are the gateway's (:mod:`enforcer.serving`): a
+  first head within ``header_timeout`` of accept, a next one within
+  ``keepalive_timeout`` of the last answer, else the connection is closed; a
+  door counts against ``max_connections`` like aiohttp's handler, which
+  replaces it in the count when it takes over.
+
+Why it exists: aiohttp's per-request server and response machinery cost the
+gateway about twice what nginx and an ``auth_request`` authoriser spend per
+request (``bench/gateway.py``); this path does the same checks in a fraction
+of that. The checks themselves are the gateway's own functions
+(:mod:`enforcer.gateway`), not copies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+__all__ = ["HEAD_LIMIT", "PENDING_LIMIT", "PREFIX", "FrontDoor", "Lane", "Owner"]
+
+PREFIX = b"GET /api/"
+"""The only request line start the door looks at further."""
+
+HEAD_LIMIT = 8190
+"""A longer head is aiohttp's to judge (its own line and field limits apply)."""
+
+PENDING_LIMIT = 64 * 1024
+"""Bytes kept while an answer is under way before reading pauses."""
+
+
+class Lane(Protocol):
+    """What serves the requests a door takes."""
+
+    def admit(self, door: FrontDoor, head: bytes) -> Coroutine[Any, Any, None] | None:
+        """The coroutine answering the request whose whole head is ``head``; None declines it.
+
+        Declining must leave no trace: aiohttp will see the same bytes.
+        """
+
+
+class Owner(Protocol):
+    """The server the door belongs to (:class:`enforcer.serving` ``_Server``)."""
+
+    def take_over(self, door: FrontDoor, deadline: float | None) -> asyncio.Protocol:
+        """aiohttp's handler for the door's connection, counted in the door's place."""
+
+    def door_lost(self, door: FrontDoor) -> None:
+        """The door's connection ended while still the door's."""
+
+
+class FrontDoor(asyncio.Protocol):
+    """One client connection until its first request the lane does not take."""
+
+    __slots__ = (
+        "_buffer",
+        "_close_at",
+        "_deadline",
+        "_drained",
+        "_keepalive",
+        "_lane",
+        "_loop",
+        "_owner",
+        "_reading_paused",
+        "_task",
+        "_timer",
+        "_writing_paused",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        owner: Owner,
+        lane: Lane,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        header_timeout: float | None,
+        keepalive_timeout: float,
+    ) -> None:
+        self._owner = owner
+        self._lane = lane
+        self._loop = loop
+        self._keepalive = keepalive_timeout
+        self._buffer = bytearray()
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._close_at: float | None = None
+        self._deadline: float | None = header_timeout
+        self._reading_paused = False
+        self._writing_paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self.transport: asyncio.Transport | None = None
+
+    # --- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self._deadline is not None:
+            self._arm(self._loop.time() + self._deadline)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if self._task is not None:
+            # An answer is under way: later bytes wait their turn (bounded).
+            if len(self._buffer) > PENDING_LIMIT and not self._reading_paused:
+                self._reading_paused = True
+                assert self.transport is not None
+                self.transport.pause_reading()
+            return
+        self._next()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm()
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
+        waiter, self._drained = self._drained, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionResetError("the client went away"))
+        self.transport = None
+        self._owner.door_lost(self)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        waiter, self._drained = self._drained, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- for the lane -------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` to the client (nothing if it is gone)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    async def drain(self, idle: float) -> None:
+        """Wait while the client's socket is full; :class:`TimeoutError` past ``idle`` s."""
+        if not self._writing_paused:
+            return
+        if self.transport is None:
+            raise ConnectionResetError("the client went away")
+        waiter = self._drained = self._loop.create_future()
+        async with asyncio.timeout(idle):
+            await waiter
+
+    def abort(self) -> None:
+        """Cut the client off at once (an answer that cannot be finished must not look whole)."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    # --- the door's own work ------------------------------------------------------------
+
+    def _next(self) -> None:
+        """Serve the buffered request if the lane takes it, else hand the connection over."""
+        buffer = self._buffer
+        if not buffer:
+            return
+        if not buffer.startswith(PREFIX[: len(buffer)]):
+            self.hand_off()
+            return
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            # Still coming - unless it cannot become a head the lane would take.
+            if len(buffer) > HEAD_LIMIT or b"\n\n" in buffer:
+                self.hand_off()
+            return
+        if end + 4 != len(buffer):
+            self.hand_off()  # a body or a pipelined request behind it: aiohttp's
+            return
+        serving = self._lane.admit(self, bytes(buffer))
+        if serving is None:
+            self.hand_off()
+            return
+        buffer.clear()
+        self._disarm()
+        self._task = task = self._loop.create_task(serving)
+        task.add_done_callback(self._served)
+
+    def _served(self, task: asyncio.Task[None]) -> None:
+        self._task = None
+        if task.cancelled() or task.exception() is not None:
+            # The lane answers its own failures; anything else ends the connection.
+            self.abort()
+            return
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._arm(self._loop.time() + self._keepalive)
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        self._next()
+
+    def hand_off(self) -> None:
+        """aiohttp's handler takes the connection, with every byte held here, as they came."""
+        transport = self.transport
+        if transport is None:
+            return
+        deadline = self._deadline_left()
+        self._disarm()
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        handler = self._owner.take_over(self, deadline)
+        self.transport = None
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        data, self._buffer = bytes(self._buffer), bytearray()
+        if data:
+            handler.data_received(data)
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+
+    def _deadline_left(self) -> float | None:
+        return self._close_at
+
+    def _arm(self, when: float) -> None:
+        # One timer per connection, moved lazily (as aiohttp's keep-alive is):
+        # a deadline later than the armed timer is only noted, and the timer,
+        # when it fires early, re-arms itself for it. No timer per request.
+        self._close_at = when
+        if self._timer is None or self._timer.when() > when:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(when, self._expire)
+
+    def _disarm(self) -> None:
+        self._close_at = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        when = self._close_at
+        if when is None or self.transport is None:
+            return  # serving, or gone: no deadline runs now
+        if when > self._loop.time():
+            self._timer = self._loop.call_at(when, self._expire)
+            return
+        # No complete head by its deadline (slowloris, or an idle keep-alive).
+        if self._task is None:
+            self.transport.close()
+
+    def close(self) -> None:
+        """Close the connection (server shutdown): an answer under way is cut off."""
+        if self.transport is not None:
+            with contextlib.suppress(RuntimeError):
+                self.transport.close()
