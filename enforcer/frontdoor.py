@@ -40,7 +40,11 @@ import contextlib
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
+from enforcer.log import get_logger
+
 __all__ = ["HEAD_LIMIT", "PENDING_LIMIT", "PREFIX", "FrontDoor", "Lane", "Owner"]
+
+_log = get_logger("enforcer.frontdoor")
 
 PREFIX = b"GET /api/"
 """The only request line start the door looks at further."""
@@ -204,12 +208,13 @@ class FrontDoor(asyncio.Protocol):
         self._task = task = self._loop.create_task(serving)
         task.add_done_callback(self._served)
 
-    def _served(self, task: asyncio.Task[None]) -> None:
+    def served(self) -> None:
+        """The lane's last word on an answer it completed: the next request's turn.
+
+        Called from inside the serving task (no extra turn of the event loop
+        per request); the task's done callback only handles failures.
+        """
         self._task = None
-        if task.cancelled() or task.exception() is not None:
-            # The lane answers its own failures; anything else ends the connection.
-            self.abort()
-            return
         if self.transport is None or self.transport.is_closing():
             return
         self._arm(self._loop.time() + self._keepalive)
@@ -217,6 +222,15 @@ class FrontDoor(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
         self._next()
+
+    def _served(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (error := task.exception()) is not None:
+            _log.error("frontdoor.failed", error=repr(error))
+        if task is self._task:
+            # Ended without served(): failed, cancelled, or the lane cut the
+            # client off. An answer that may be unfinished must not look whole.
+            self._task = None
+            self.abort()
 
     def hand_off(self) -> None:
         """aiohttp's handler takes the connection, with every byte held here, as they came."""

@@ -1216,22 +1216,27 @@ class HotPath:
             answer = await upstream.request("GET", target, headers)
         except UpstreamTimeout:
             door.write(self._error(504, request_id))
+            door.served()
             return
         except UpstreamError:
             door.write(self._error(503, request_id))
+            door.served()
             return
         try:
-            await self._relay(door, answer, request_id, idle)
+            whole = await self._relay(door, answer, request_id, idle)
         finally:
             answer.release()
+        if whole:
+            door.served()  # else the client was cut off: the door closes
 
     async def _relay(
         self, door: FrontDoor, answer: UpstreamAnswer, request_id: str, idle: float
-    ) -> None:
+    ) -> bool:
+        """Answer the client from ``answer``; False when it had to be cut off midway."""
         # As proxy._relay does for the application (and _to_core's error mapping).
         if answer.status < 200:
             door.write(self._error(503, request_id))
-            return
+            return True
         out = proxy.filter_response_headers(answer.headers)
         length = answer.content_length
         no_body = answer.status in proxy.NO_BODY_STATUS
@@ -1240,14 +1245,14 @@ class HotPath:
                 data = await answer.content.readexactly(length)
             except TimeoutError:
                 door.write(self._error(504, request_id))
-                return
+                return True
             except (asyncio.IncompleteReadError, aiohttp.ClientError):
                 door.write(self._error(503, request_id))
-                return
+                return True
             out.popall("Content-Length", None)
             out["Content-Length"] = str(len(data))
             door.write(self._head(answer.status, answer.reason, out, request_id) + data)
-            return
+            return True
         chunked = False
         if no_body:
             out.popall("Content-Length", None)
@@ -1256,7 +1261,7 @@ class HotPath:
             chunked = True
         door.write(self._head(answer.status, answer.reason, out, request_id))
         if no_body:
-            return
+            return True
         try:
             async for chunk in answer.content.iter_any():
                 door.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
@@ -1267,6 +1272,8 @@ class HotPath:
             # The client stopped reading, or the core's answer broke off: the
             # headers are gone, so a truncated body must not look whole.
             door.abort()
+            return False
+        return True
 
     def _head(self, status: int, reason: str, headers: CIMultiDict[str], request_id: str) -> bytes:
         headers.update(_ALWAYS)
