@@ -37,12 +37,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from enforcer.log import get_logger
 
-__all__ = ["HEAD_LIMIT", "PENDING_LIMIT", "PREFIX", "FrontDoor", "Lane", "Owner"]
+__all__ = [
+    "HEAD_LIMIT",
+    "PENDING_LIMIT",
+    "PREFIX",
+    "TAKEN",
+    "Closable",
+    "FrontDoor",
+    "Lane",
+    "Owner",
+    "Taken",
+]
 
 _log = get_logger("enforcer.frontdoor")
 
@@ -56,13 +66,37 @@ PENDING_LIMIT = 64 * 1024
 """Bytes kept while an answer is under way before reading pauses."""
 
 
+class Taken:
+    """The lane took a request and answers it through callbacks (no task)."""
+
+    __slots__ = ()
+
+
+TAKEN = Taken()
+"""What :meth:`Lane.admit` returns for a request it answers without a task."""
+
+
+class Closable(Protocol):
+    """The lane's per-connection object (its link to the core)."""
+
+    def close(self) -> None:
+        """Let go of it (the connection ended or was handed over)."""
+
+
 class Lane(Protocol):
     """What serves the requests a door takes."""
 
-    def admit(self, door: FrontDoor, head: bytes) -> Coroutine[Any, Any, None] | None:
-        """The coroutine answering the request whose whole head is ``head``; None declines it.
+    @property
+    def idle_timeout(self) -> float:
+        """How long a client may take none of an answer before it is cut off."""
 
-        Declining must leave no trace: aiohttp will see the same bytes.
+    def admit(self, door: FrontDoor, head: bytes) -> Coroutine[Any, Any, None] | Taken | None:
+        """Take the request whose whole head is ``head``, or decline it (None).
+
+        Taken: a coroutine (run as a task) or :data:`TAKEN` (answered through
+        callbacks); either way the lane calls :meth:`FrontDoor.served` once
+        the answer is whole, or :meth:`FrontDoor.abort`. Declining must leave
+        no trace: aiohttp will see the same bytes.
         """
 
 
@@ -81,6 +115,7 @@ class FrontDoor(asyncio.Protocol):
 
     __slots__ = (
         "_buffer",
+        "_busy",
         "_close_at",
         "_deadline",
         "_drained",
@@ -89,9 +124,12 @@ class FrontDoor(asyncio.Protocol):
         "_loop",
         "_owner",
         "_reading_paused",
+        "_slow",
         "_task",
         "_timer",
+        "_writable",
         "_writing_paused",
+        "link",
         "transport",
     )
 
@@ -109,12 +147,18 @@ class FrontDoor(asyncio.Protocol):
         self._loop = loop
         self._keepalive = keepalive_timeout
         self._buffer = bytearray()
+        self._busy = False  # an answer is under way (a task's or callbacks')
         self._task: asyncio.Task[None] | None = None
+        self._writable: Callable[[], None] | None = None
+        # The lane's own per-connection object (its link to the core), closed
+        # with the connection or at the hand-over.
+        self.link: Closable | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._close_at: float | None = None
         self._deadline: float | None = header_timeout
         self._reading_paused = False
         self._writing_paused = False
+        self._slow: asyncio.TimerHandle | None = None
         self._drained: asyncio.Future[None] | None = None
         self.transport: asyncio.Transport | None = None
 
@@ -127,7 +171,7 @@ class FrontDoor(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
-        if self._task is not None:
+        if self._busy:
             # An answer is under way: later bytes wait their turn (bounded).
             if len(self._buffer) > PENDING_LIMIT and not self._reading_paused:
                 self._reading_paused = True
@@ -143,6 +187,11 @@ class FrontDoor(asyncio.Protocol):
             timer.cancel()
         if self._task is not None:
             self._task.cancel()
+        slow, self._slow = self._slow, None
+        if slow is not None:
+            slow.cancel()
+        self._close_link()
+        self._writable = None
         waiter, self._drained = self._drained, None
         if waiter is not None and not waiter.done():
             waiter.set_exception(ConnectionResetError("the client went away"))
@@ -157,6 +206,9 @@ class FrontDoor(asyncio.Protocol):
         waiter, self._drained = self._drained, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        writable, self._writable = self._writable, None
+        if writable is not None:
+            writable()
 
     # --- for the lane -------------------------------------------------------------------
 
@@ -175,10 +227,24 @@ class FrontDoor(asyncio.Protocol):
         async with asyncio.timeout(idle):
             await waiter
 
+    @property
+    def writing_paused(self) -> bool:
+        """Whether the client's socket is full (its transport asked us to pause)."""
+        return self._writing_paused
+
+    def when_writable(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, when the client's socket takes data again."""
+        self._writable = callback
+
     def abort(self) -> None:
         """Cut the client off at once (an answer that cannot be finished must not look whole)."""
         if self.transport is not None:
             self.transport.abort()
+
+    def _close_link(self) -> None:
+        link, self.link = self.link, None
+        if link is not None:
+            link.close()
 
     # --- the door's own work ------------------------------------------------------------
 
@@ -190,10 +256,14 @@ class FrontDoor(asyncio.Protocol):
         if not buffer.startswith(PREFIX[: len(buffer)]):
             self.hand_off()
             return
+        if buffer.count(b"\n") != buffer.count(b"\r\n"):
+            # A bare LF: aiohttp's strict parser refuses it at once, so does it.
+            self.hand_off()
+            return
         end = buffer.find(b"\r\n\r\n")
         if end < 0:
             # Still coming - unless it cannot become a head the lane would take.
-            if len(buffer) > HEAD_LIMIT or b"\n\n" in buffer:
+            if len(buffer) > HEAD_LIMIT:
                 self.hand_off()
             return
         if end + 4 != len(buffer):
@@ -205,32 +275,53 @@ class FrontDoor(asyncio.Protocol):
             return
         buffer.clear()
         self._disarm()
-        self._task = task = self._loop.create_task(serving)
-        task.add_done_callback(self._served)
+        self._busy = True
+        if serving is not TAKEN:
+            assert not isinstance(serving, Taken)
+            self._task = task = self._loop.create_task(serving)
+            task.add_done_callback(self._served)
 
     def served(self) -> None:
         """The lane's last word on an answer it completed: the next request's turn.
 
-        Called from inside the serving task (no extra turn of the event loop
-        per request); the task's done callback only handles failures.
+        Called by the lane when the answer is whole (from its callbacks or from
+        inside its task: no extra turn of the event loop per request).
         """
         self._task = None
         if self.transport is None or self.transport.is_closing():
+            self._busy = False
             return
+        if self._writing_paused:
+            # The client has not taken the answer yet: no next request (whose
+            # answer would pile up here) until it does, within idle_timeout.
+            self.transport.pause_reading()
+            self._reading_paused = True
+            self._writable = self._taken
+            self._slow = self._loop.call_later(self._lane.idle_timeout, self.abort)
+            return
+        self._busy = False
         self._arm(self._loop.time() + self._keepalive)
         if self._reading_paused:
             self._reading_paused = False
             self.transport.resume_reading()
         self._next()
 
+    def _taken(self) -> None:
+        """The client took what was waiting: on to its next request."""
+        slow, self._slow = self._slow, None
+        if slow is not None:
+            slow.cancel()
+        self.served()
+
     def _served(self, task: asyncio.Task[None]) -> None:
+        failed = task.cancelled() or task.exception() is not None
         if not task.cancelled() and (error := task.exception()) is not None:
             _log.error("frontdoor.failed", error=repr(error))
         if task is self._task:
-            # Ended without served(): failed, cancelled, or the lane cut the
-            # client off. An answer that may be unfinished must not look whole.
             self._task = None
-            self.abort()
+            if failed:
+                # An answer that may be unfinished must not look whole.
+                self.abort()
 
     def hand_off(self) -> None:
         """aiohttp's handler takes the connection, with every byte held here, as they came."""
@@ -238,6 +329,7 @@ class FrontDoor(asyncio.Protocol):
         if transport is None:
             return
         deadline = self._deadline_left()
+        self._close_link()
         self._disarm()
         timer, self._timer = self._timer, None
         if timer is not None:
@@ -246,6 +338,9 @@ class FrontDoor(asyncio.Protocol):
         self.transport = None
         transport.set_protocol(handler)
         handler.connection_made(transport)
+        if self._writing_paused:
+            # The transport told this door, and will not tell the handler again.
+            handler.pause_writing()
         data, self._buffer = bytes(self._buffer), bytearray()
         if data:
             handler.data_received(data)
@@ -278,8 +373,12 @@ class FrontDoor(asyncio.Protocol):
             self._timer = self._loop.call_at(when, self._expire)
             return
         # No complete head by its deadline (slowloris, or an idle keep-alive).
-        if self._task is None:
-            self.transport.close()
+        # abort, not close: close would wait for a client that takes nothing.
+        if not self._busy:
+            if self.transport.get_write_buffer_size():
+                self.transport.abort()
+            else:
+                self.transport.close()
 
     def close(self) -> None:
         """Close the connection (server shutdown): an answer under way is cut off."""

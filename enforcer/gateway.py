@@ -175,8 +175,9 @@ from yarl import URL
 
 from enforcer import authz, paths, proxy, serving, supervisor
 from enforcer.config import ConfigError, HiveConfig, load_config, parse_listen
+from enforcer.corelink import CoreLink, open_link
 from enforcer.errors import BadRequest, Forbidden, HiveError, NotFound, Unavailable
-from enforcer.frontdoor import FrontDoor
+from enforcer.frontdoor import TAKEN, FrontDoor, Lane, Taken
 from enforcer.log import configure_logging, get_logger
 from enforcer.policy import PolicyEngine
 from enforcer.policy.follow import follow
@@ -194,7 +195,13 @@ from enforcer.sessions import (
     session_dir,
     tokens_equal,
 )
-from enforcer.upstream import Upstream, UpstreamAnswer, UpstreamError, UpstreamTimeout
+from enforcer.upstream import (
+    Upstream,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+    serialize_request_head,
+)
 
 __all__ = [
     "AGENT_CSP",
@@ -1099,6 +1106,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await follower
+            if _HOT in app:
+                app[_HOT].close()
 
 
 # --- the front door's lane (enforcer.frontdoor) ----------------------------------------
@@ -1107,6 +1116,10 @@ _ENFORCER: web.AppKey[authz.Enforcer] = web.AppKey("gateway_enforcer", authz.Enf
 _HOT_PREFIX = "/api/"
 # The catch-all route's binding (create_app): what the lane decides for.
 _HOT_ACTION, _HOT_RESOURCE = "dashboard.view", "ui"
+LINK_LIMIT = serving.UPSTREAM_LIMIT
+"""Links to the core the front door keeps per worker (busy or idle); past it, the application's."""
+LINK_KEEPALIVE = 15.0
+"""Seconds an idle link is kept (the core closes idle connections after 75)."""
 
 
 class _Date:
@@ -1142,15 +1155,17 @@ class HotPath:
     or 504 the application gives when the core cannot answer.
     """
 
-    __slots__ = ("_app", "_authority", "_cookie", "_date")
+    __slots__ = ("_app", "_authority", "_cookie", "_date", "_idle", "_live")
 
     def __init__(self, app: web.Application) -> None:
         self._app = app
         self._authority = _authority(app[CONFIG])
         self._cookie = cookie_name(False)
         self._date = _Date()
+        self._idle: list[CoreLink] = []  # links fit for an exchange, newest last
+        self._live = 0  # links open or opening, idle or busy (at most LINK_LIMIT)
 
-    def admit(self, door: FrontDoor, head: bytes) -> Coroutine[Any, Any, None] | None:
+    def admit(self, door: FrontDoor, head: bytes) -> Coroutine[Any, Any, None] | Taken | None:
         """The answering coroutine for ``head`` if the lane takes it, else None (see class)."""
         message = self._parse(head)
         if message is None:
@@ -1171,15 +1186,93 @@ class HotPath:
         enforcer = app[_ENFORCER]
         if not enforcer.decide("operator", _HOT_RESOURCE, _HOT_ACTION).allowed:
             return None  # a refusal is the application's to answer and log
+        link = self._take_link()
+        if link is None and self._live >= LINK_LIMIT:
+            return None  # every link busy: the application's pool takes it
         request_id = authz.new_request_id()
-        try:
-            enforcer.log_decision("operator", _HOT_RESOURCE, _HOT_ACTION, request_id)
-        except OSError:
-            return None  # not logged, so not made: the application answers 503
         target = paths.parse_target(raw)
         upstream_target = f"{target.path}?{target.query}" if target.query else target.path
         to_core = _core_headers_for(headers, request_id, session, self._authority)
-        return self._serve(door, upstream_target, to_core, request_id)
+        try:
+            request_head = serialize_request_head(f"GET {upstream_target} HTTP/1.1", to_core)
+            # Logged before anything is sent; not logged, not made (the
+            # application then answers 503).
+            enforcer.log_decision("operator", _HOT_RESOURCE, _HOT_ACTION, request_id)
+        except (ValueError, TypeError, OSError):
+            if link is not None:
+                self._put_back(link)
+            return None  # the application judges (and logs) it
+        exchange = _Exchange(self, door, request_id, request_head)
+        if link is not None:
+            exchange.reused = True
+            door.link = link
+            link.send(request_head, exchange)
+            return TAKEN
+        self._live += 1  # counted from now: the connect is under way
+        return self.connect_and_send(exchange, counted=True)
+
+    async def connect_and_send(self, exchange: _Exchange, *, counted: bool = False) -> None:
+        """A new link for ``exchange``, then the exchange on it."""
+        if not counted:
+            self._live += 1
+        config = self._app[CONFIG]
+        try:
+            link = await open_link(
+                str(config.core_socket),
+                connect_timeout=config.gateway.connect_timeout,
+                idle_timeout=self._app[_CORE_HTTP].idle_timeout,
+            )
+        except BaseException as e:
+            self._live -= 1
+            if isinstance(e, UpstreamError):
+                exchange.failed(e, started=False, spoke=False)
+                return
+            raise
+        link.on_lost = self._link_lost
+        door = exchange.door
+        if door.transport is None:
+            link.close()  # the client left meanwhile
+            return
+        exchange.reused = False
+        door.link = link
+        link.send(exchange.request_head, exchange)
+
+    # --- the links to the core: a bounded pool of idle ones --------------------------
+
+    def _take_link(self) -> CoreLink | None:
+        """An idle link fit for an exchange (stale ones closed), or None."""
+        idle = self._idle
+        if idle:
+            stale_before = asyncio.get_running_loop().time() - LINK_KEEPALIVE
+            while idle:
+                link = idle.pop()  # the most recently used: the likeliest alive
+                if link.ready and link.idle_since >= stale_before:
+                    return link
+                link.close()
+        return None
+
+    def _put_back(self, link: CoreLink) -> None:
+        if link.ready:
+            link.idle_since = asyncio.get_running_loop().time()
+            self._idle.append(link)
+        else:
+            link.close()
+
+    def _link_lost(self, link: CoreLink) -> None:
+        self._live -= 1
+        with contextlib.suppress(ValueError):
+            self._idle.remove(link)
+
+    def release(self, door: FrontDoor) -> None:
+        """``door``'s exchange is over: its link goes back to the pool (if fit)."""
+        link, door.link = door.link, None
+        if isinstance(link, CoreLink):
+            self._put_back(link)
+
+    def close(self) -> None:
+        """Close every idle link (the worker stops)."""
+        while self._idle:
+            self._idle.pop().close()
 
     @staticmethod
     def _parse(head: bytes) -> RawRequestMessage | None:
@@ -1207,90 +1300,181 @@ class HotPath:
             return None
         return message
 
-    async def _serve(
-        self, door: FrontDoor, target: str, headers: CIMultiDict[str], request_id: str
-    ) -> None:
-        upstream = self._app[_CORE_HTTP]
-        idle = upstream.idle_timeout
-        try:
-            answer = await upstream.request("GET", target, headers)
-        except UpstreamTimeout:
-            door.write(self._error(504, request_id))
-            door.served()
-            return
-        except UpstreamError:
-            door.write(self._error(503, request_id))
-            door.served()
-            return
-        try:
-            whole = await self._relay(door, answer, request_id, idle)
-        finally:
-            answer.release()
-        if whole:
-            door.served()  # else the client was cut off: the door closes
+    @property
+    def idle_timeout(self) -> float:
+        """``[gateway] idle_timeout``: how long a client may take none of a streamed answer."""
+        return self._app[CONFIG].gateway.idle_timeout
 
-    async def _relay(
-        self, door: FrontDoor, answer: UpstreamAnswer, request_id: str, idle: float
-    ) -> bool:
-        """Answer the client from ``answer``; False when it had to be cut off midway."""
-        # As proxy._relay does for the application (and _to_core's error mapping).
-        if answer.status < 200:
-            door.write(self._error(503, request_id))
-            return True
-        out = proxy.filter_response_headers(answer.headers)
-        length = answer.content_length
-        no_body = answer.status in proxy.NO_BODY_STATUS
-        if length is not None and length <= proxy.SMALL_BODY and not no_body:
-            try:
-                data = await answer.content.readexactly(length)
-            except TimeoutError:
-                door.write(self._error(504, request_id))
-                return True
-            except (asyncio.IncompleteReadError, aiohttp.ClientError):
-                door.write(self._error(503, request_id))
-                return True
-            out.popall("Content-Length", None)
-            out["Content-Length"] = str(len(data))
-            door.write(self._head(answer.status, answer.reason, out, request_id) + data)
-            return True
-        chunked = False
-        if no_body:
-            out.popall("Content-Length", None)
-        elif length is None:
-            out["Transfer-Encoding"] = "chunked"
-            chunked = True
-        door.write(self._head(answer.status, answer.reason, out, request_id))
-        if no_body:
-            return True
-        try:
-            async for chunk in answer.content.iter_any():
-                door.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-                await door.drain(idle)
-            if chunked:
-                door.write(b"0\r\n\r\n")
-        except (TimeoutError, aiohttp.ClientError, ConnectionError):
-            # The client stopped reading, or the core's answer broke off: the
-            # headers are gone, so a truncated body must not look whole.
-            door.abort()
-            return False
-        return True
-
-    def _head(self, status: int, reason: str, headers: CIMultiDict[str], request_id: str) -> bytes:
+    def head(self, status: int, reason: str, headers: CIMultiDict[str], request_id: str) -> bytes:
+        """An answer's head as the client gets it: the gateway's headers added, serialised."""
         headers.update(_ALWAYS)
         headers["X-Hive-Request-Id"] = request_id
         _operator_space_headers(headers, _HOT_PREFIX, tls=False)
         headers.setdefault("Date", self._date.now())
         return _serialize_headers(f"HTTP/1.1 {status} {reason}", headers)
 
-    def _error(self, status: int, request_id: str) -> bytes:
+    def error(self, status: int, request_id: str) -> bytes:
+        """The application's JSON answer when the core cannot answer (503/504), whole."""
+        reason_text = _SERVER_REASONS.get(status, "internal error")
         body = json.dumps(
-            {"error": "unavailable", "reason": _SERVER_REASONS[status], "request_id": request_id}
+            {"error": "unavailable", "reason": reason_text, "request_id": request_id}
         ).encode()
         headers: CIMultiDict[str] = CIMultiDict()
         headers["Content-Type"] = "application/json; charset=utf-8"
         headers["Content-Length"] = str(len(body))
-        reason = HTTPStatus(status).phrase
-        return self._head(status, reason, headers, request_id) + body
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = ""  # as aiohttp: no phrase for a status it does not know
+        return self.head(status, reason, headers, request_id) + body
+
+
+class _Exchange:
+    """One request the front door took, and the core's answer on its way to the client.
+
+    As the application relays (:func:`enforcer.proxy.forward_core` and
+    ``_to_core``'s error mapping): an answer of known length up to
+    :data:`enforcer.proxy.SMALL_BODY` is gathered and sent with its head in
+    one write; any other is streamed (chunked when the core gave no length),
+    with the core held while the client's socket is full and the client cut
+    off when it takes nothing for ``idle_timeout``. Before the head (and for a
+    gathered answer) a failure is the application's JSON 503, or 504 for a
+    timeout; after it, the client is cut off. A reused link the core had
+    closed before answering a word gets the request once more on a new one.
+    """
+
+    __slots__ = (
+        "_chunked",
+        "_gathered",
+        "_out",
+        "_path",
+        "_slow",
+        "_status",
+        "door",
+        "request_head",
+        "request_id",
+        "retried",
+        "reused",
+    )
+
+    def __init__(self, path: HotPath, door: FrontDoor, request_id: str, head: bytes) -> None:
+        self._path = path
+        self.door = door
+        self.request_id = request_id
+        self.request_head = head
+        self.reused = False
+        self.retried = False
+        self._gathered: bytearray | None = None
+        self._chunked = False
+        self._out: CIMultiDict[str] | None = None
+        self._status = (0, "")
+        self._slow: asyncio.TimerHandle | None = None
+
+    def head(
+        self,
+        status: int,
+        reason: str,
+        headers: CIMultiDictProxy[str],
+        length: int | None,
+        no_body: bool,
+    ) -> None:
+        """The core's answer began: its head goes out now, or with a small body."""
+        out = proxy.filter_response_headers(headers)
+        if length is not None and length <= proxy.SMALL_BODY:
+            self._gathered = bytearray()
+            self._out, self._status = out, (status, reason)
+            return
+        if no_body:
+            out.popall("Content-Length", None)
+        else:
+            out.setdefault("Content-Type", "application/octet-stream")  # as aiohttp
+            if length is None:
+                out["Transfer-Encoding"] = "chunked"
+                self._chunked = True
+        self.door.write(self._path.head(status, reason, out, self.request_id))
+
+    def data(self, chunk: bytes) -> None:
+        """The next piece of the core's body: gathered, or on to the client."""
+        if self._gathered is not None:
+            self._gathered += chunk
+            return
+        door = self.door
+        door.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self._chunked else chunk)
+        if door.writing_paused and isinstance(door.link, CoreLink):
+            # The client's socket is full: hold the core, and give the client
+            # idle_timeout to take some of it.
+            door.link.hold()
+            door.when_writable(self._writable)
+            idle = self._path.idle_timeout
+            self._slow = asyncio.get_running_loop().call_later(idle, self._not_reading)
+
+    def _writable(self) -> None:
+        if self._slow is not None:
+            self._slow.cancel()
+            self._slow = None
+        if isinstance(self.door.link, CoreLink):
+            self.door.link.go_on()
+
+    def _not_reading(self) -> None:
+        # The client took nothing for idle_timeout: it held the core's answer
+        # (and the link) for as long as it liked. Both go.
+        self._slow = None
+        self.door.abort()
+
+    def end(self) -> None:
+        """The core's answer is complete: the rest goes out, and the door's next turn."""
+        door = self.door
+        if self._gathered is not None:
+            out = self._out
+            assert out is not None
+            status, reason = self._status
+            if status >= 500:
+                # As the application's pages middleware does: nothing of a
+                # failing core's own words (a traceback, paths) reaches the client.
+                door.write(self._path.error(status, self.request_id))
+            else:
+                out.popall("Content-Length", None)
+                out["Content-Length"] = str(len(self._gathered))
+                if self._gathered:
+                    out.setdefault("Content-Type", "application/octet-stream")  # as aiohttp
+                door.write(self._path.head(status, reason, out, self.request_id) + self._gathered)
+        elif self._chunked:
+            door.write(b"0\r\n\r\n")
+        self._path.release(door)
+        door.served()
+
+    def failed(self, error: UpstreamError, *, started: bool, spoke: bool) -> None:
+        """The exchange failed: once more on a new link, a JSON 503/504, or the client cut off."""
+        if self._slow is not None:
+            self._slow.cancel()
+            self._slow = None
+        door = self.door
+        door.link = None  # closed by the link itself
+        if door.transport is None:
+            return
+        if (
+            isinstance(error, UpstreamUnreachable)
+            and self.reused
+            and not spoke
+            and not self.retried
+        ):
+            # Closed while idle, before a word of this answer: as the
+            # application's client does, a GET goes once more on a new link.
+            self.retried = True
+            task = asyncio.get_running_loop().create_task(self._path.connect_and_send(self))
+            task.add_done_callback(_log_failure)
+            return
+        if started and self._gathered is None:
+            door.abort()  # the head went out: a cut-short body must not look whole
+            return
+        status = 504 if isinstance(error, UpstreamTimeout) else 503
+        door.write(self._path.error(status, self.request_id))
+        door.served()
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        _log.error("frontdoor.failed", error=repr(error))
 
 
 def _cookie_in(header: str | None, name: str) -> str | None:
@@ -1408,6 +1592,14 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+_HOT: web.AppKey[HotPath] = web.AppKey("gateway_hot_path", HotPath)
+
+
+def _lane(app: web.Application) -> Lane:
+    lane = app[_HOT] = HotPath(app)  # its links are closed with the app (_resources)
+    return lane
+
+
 def make_runner(
     app: web.Application, *, shutdown_timeout: float | None = None, hot_path: bool = True
 ) -> web.AppRunner:
@@ -1430,7 +1622,7 @@ def make_runner(
         app,
         # The operator's plain API reads at the front door (enforcer.frontdoor);
         # with TLS every request goes to the application.
-        lane=HotPath(app) if hot_path and not _tls(config) else None,
+        lane=_lane(app) if hot_path and not _tls(config) else None,
         max_connections=gw.max_connections,
         header_timeout=gw.header_timeout,
         keepalive_timeout=gw.keepalive_timeout,

@@ -57,15 +57,15 @@ __all__ = [
 _log = get_logger("enforcer.serving")
 
 UPSTREAM_LIMIT = 256
-"""Connections each of the gateway's three upstream pools may hold.
+"""Connections each of the gateway's four upstream pools may hold.
 
-(The core's HTTP, the core's WebSockets, agent UIs.)
+(The core's HTTP, the core's WebSockets, agent UIs, the front door's links to the core.)
 """
 
 FD_RESERVE = 64
 """Descriptors a worker keeps for itself: the listener, the loop, logs, session and policy files."""
 
-_UPSTREAM_FDS = 3 * UPSTREAM_LIMIT
+_UPSTREAM_FDS = 4 * UPSTREAM_LIMIT
 # asyncio's default TLS handshake timeout: the longest a site on our runner may
 # let a connection handshake before the handler ever hears of it.
 _HANDSHAKE_LIMIT = 60.0

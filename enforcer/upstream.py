@@ -75,6 +75,7 @@ __all__ = [
     "UpstreamError",
     "UpstreamTimeout",
     "UpstreamUnreachable",
+    "serialize_request_head",
 ]
 
 # RFC 9110 9.2.2: a request with these methods may be sent again.
@@ -352,7 +353,7 @@ class Upstream:
         elif method in _BODY_METHODS:
             headers["Content-Length"] = "0"
         try:
-            head = _serialize_head(f"{method} {target} HTTP/1.1", headers)
+            head = serialize_request_head(f"{method} {target} HTTP/1.1", headers)
         except (ValueError, TypeError) as e:
             raise UpstreamError(f"refused to send a malformed request head: {e}") from e
         retry = method in _IDEMPOTENT and not isinstance(body, ClientBody)
@@ -491,8 +492,11 @@ def _ambiguous_framing(headers: CIMultiDictProxy[str]) -> bool:
     return len(headers.getall(_CONTENT_LENGTH, ())) > 1
 
 
-def _serialize_head(status_line: str, headers: CIMultiDict[str]) -> bytes:
-    """The request head; raw bytes a client sent (surrogate escapes) go out as they came."""
+def serialize_request_head(status_line: str, headers: CIMultiDict[str]) -> bytes:
+    """A request head; raw bytes a client sent (surrogate escapes) go out as they came.
+
+    :class:`ValueError` for a control character anywhere in it.
+    """
     ascii_only = status_line.isascii() and "".join(headers.values()).isascii()
     if ascii_only and "".join(headers.keys()).isascii():
         head: bytes = _serialize_headers(status_line, headers)  # refuses control characters

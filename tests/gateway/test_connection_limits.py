@@ -34,7 +34,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from enforcer.serving import connections_for, fds_needed
-from enforcer.sessions import cookie_name
+from enforcer.sessions import CSRF_HEADER, cookie_name
 from tests.gateway.stack import FLOOD_BYTES, Stack
 
 ENFORCER = str(Path(__file__).resolve().parents[2] / "enforcer")
@@ -75,11 +75,24 @@ class Operator:
         self.client = client
         self.cookie = cookie
 
-    async def served(self) -> None:
-        """One operator request through to the core, answered in a bounded time."""
+    async def served(self, *, by_the_application: bool = False) -> None:
+        """One operator request through to the core, answered in a bounded time.
+
+        A plain read is the front door's (enforcer.frontdoor); with
+        ``by_the_application`` the request carries a body, which the door
+        leaves to the aiohttp application.
+        """
 
         async def ask() -> None:
-            async with self.client.get(self.stack.url("/api/whoami")) as resp:
+            if by_the_application:
+                request = self.client.post(
+                    self.stack.url("/api/whoami"),
+                    json={},
+                    headers={CSRF_HEADER: self.stack.csrf, "Origin": self.stack.origin},
+                )
+            else:
+                request = self.client.get(self.stack.url("/api/whoami"))
+            async with request as resp:
                 assert resp.status == 200, await resp.text()
                 assert (await resp.json())["principal"] == "operator"
 
@@ -102,7 +115,12 @@ async def attacked(
         await stack.login(client)
         cookie = next(c.value for c in client.cookie_jar if c.key == cookie_name(False))
         operator = Operator(stack, client, cookie)
-        await asyncio.gather(*(operator.served() for _ in range(warm)))
+        # Both ways to the core fill their pools - the door's links and the
+        # application's connections - with one to spare each.
+        for by_the_application in (False, True):
+            await asyncio.gather(
+                *(operator.served(by_the_application=by_the_application) for _ in range(warm + 1))
+            )
         if warm_agent:
             async with client.get(stack.url("/agent/alpha/warm")) as resp:
                 assert resp.status == 200
