@@ -38,14 +38,23 @@ from aiohttp.http_parser import HttpResponseParser
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from multidict import CIMultiDictProxy
 
+from enforcer.log import get_logger
 from enforcer.upstream import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 
-__all__ = ["Answer", "CoreLink", "open_link"]
+__all__ = ["Answer", "CoreLink", "RelayFailed", "open_link"]
 
 _MAX_LINE = 8190
 _MAX_FIELD = 8190
 _MAX_HEADERS = 128
 _NO_BODY = frozenset({204, 304})
+
+_log = get_logger("enforcer.corelink")
+
+
+class RelayFailed(UpstreamError):
+    """The answer could not be passed on (its :class:`Answer` raised): the caller's fault."""
+
+    status = 500
 
 
 class Answer(Protocol):
@@ -111,13 +120,14 @@ class CoreLink(asyncio.Protocol):
 
     @property
     def ready(self) -> bool:
-        """Connected, idle and fit for another exchange."""
+        """Connected, idle, reading, and fit for another exchange."""
         transport = self.transport
         return (
             transport is not None
             and not transport.is_closing()
             and self._answer is None
             and not self._should_close
+            and not self._paused
         )
 
     def send(self, head: bytes, answer: Answer) -> None:
@@ -221,7 +231,10 @@ class CoreLink(asyncio.Protocol):
             length = int(cl[0]) if cl and cl[0].isdigit() and not no_body else None
             self._started = True
             self._payload = EMPTY_PAYLOAD if no_body else payload
-            answer.head(code, message.reason, headers, length, no_body)
+            if not self._deliver(
+                answer, answer.head, code, message.reason, headers, length, no_body
+            ):
+                return
             if self._answer is not answer:
                 return  # the caller gave up on it (its client went away)
         if tail:
@@ -269,14 +282,37 @@ class CoreLink(asyncio.Protocol):
                 return
             chunk = payload.read_nowait(-1)
             if chunk:
-                answer.data(chunk)
+                if not self._deliver(answer, answer.data, chunk):
+                    return
                 if self._answer is not answer:
                     return
             if not payload.is_eof():
                 return
-        self._answer = None
         self._cancel_timer()
-        answer.end()
+        if self._paused:
+            # Held for a slow client to the very end: a link in the pool reads.
+            self._paused = False
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
+        # Cleared first: end() hands the link back to its pool, where the
+        # next exchange may start on it at once.
+        self._answer = None
+        self._deliver(answer, answer.end)
+
+    def _deliver(self, answer: Answer, call: Callable[..., None], *args: object) -> bool:
+        """``call(*args)``; if it raises, the exchange fails (never a client left waiting)."""
+        try:
+            call(*args)
+        except Exception as e:  # a callback runs outside any task: nothing else would see it
+            _log.error("corelink.relay_failed", error=repr(e))
+            error = RelayFailed(f"the answer could not be passed on: {e}")
+            if self._answer is None or self._answer is answer:
+                self._answer = answer
+                self._fail(error)
+            else:  # the link already serves another exchange: this one alone fails
+                answer.failed(error, started=True, spoke=True)
+            return False
+        return True
 
     def _fail(self, error: UpstreamError) -> None:
         answer = self._answer

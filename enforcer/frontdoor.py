@@ -382,6 +382,10 @@ class FrontDoor(asyncio.Protocol):
 
     def close(self) -> None:
         """Close the connection (server shutdown): an answer under way is cut off."""
+        self._close_link()  # now, not when a client that reads nothing takes the rest
         if self.transport is not None:
             with contextlib.suppress(RuntimeError):
-                self.transport.close()
+                if self.transport.get_write_buffer_size():
+                    self.transport.abort()
+                else:
+                    self.transport.close()

@@ -175,7 +175,7 @@ from yarl import URL
 
 from enforcer import authz, paths, proxy, serving, supervisor
 from enforcer.config import ConfigError, HiveConfig, load_config, parse_listen
-from enforcer.corelink import CoreLink, open_link
+from enforcer.corelink import CoreLink, RelayFailed, open_link
 from enforcer.errors import BadRequest, Forbidden, HiveError, NotFound, Unavailable
 from enforcer.frontdoor import TAKEN, FrontDoor, Lane, Taken
 from enforcer.log import configure_logging, get_logger
@@ -1348,6 +1348,7 @@ class _Exchange:
         "_gathered",
         "_out",
         "_path",
+        "_sent_head",
         "_slow",
         "_status",
         "door",
@@ -1369,6 +1370,7 @@ class _Exchange:
         self._out: CIMultiDict[str] | None = None
         self._status = (0, "")
         self._slow: asyncio.TimerHandle | None = None
+        self._sent_head = False  # once true, only a cut can end a failed answer
 
     def head(
         self,
@@ -1384,14 +1386,20 @@ class _Exchange:
             self._gathered = bytearray()
             self._out, self._status = out, (status, reason)
             return
+        chunked = False
         if no_body:
             out.popall("Content-Length", None)
         else:
             out.setdefault("Content-Type", "application/octet-stream")  # as aiohttp
             if length is None:
                 out["Transfer-Encoding"] = "chunked"
-                self._chunked = True
-        self.door.write(self._path.head(status, reason, out, self.request_id))
+                chunked = True
+        # Serialised first (it refuses control characters): nothing changes,
+        # and nothing is written, unless the whole head can go out.
+        head = self._path.head(status, reason, out, self.request_id)
+        self._chunked = chunked
+        self.door.write(head)
+        self._sent_head = True
 
     def data(self, chunk: bytes) -> None:
         """The next piece of the core's body: gathered, or on to the client."""
@@ -1399,8 +1407,11 @@ class _Exchange:
             self._gathered += chunk
             return
         door = self.door
+        if not self._sent_head:
+            raise AssertionError("a body piece before its head was sent")
         door.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self._chunked else chunk)
         if door.writing_paused and isinstance(door.link, CoreLink):
+            self._stop_slow()
             # The client's socket is full: hold the core, and give the client
             # idle_timeout to take some of it.
             door.link.hold()
@@ -1408,10 +1419,13 @@ class _Exchange:
             idle = self._path.idle_timeout
             self._slow = asyncio.get_running_loop().call_later(idle, self._not_reading)
 
+    def _stop_slow(self) -> None:
+        slow, self._slow = self._slow, None
+        if slow is not None:
+            slow.cancel()
+
     def _writable(self) -> None:
-        if self._slow is not None:
-            self._slow.cancel()
-            self._slow = None
+        self._stop_slow()
         if isinstance(self.door.link, CoreLink):
             self.door.link.go_on()
 
@@ -1423,6 +1437,7 @@ class _Exchange:
 
     def end(self) -> None:
         """The core's answer is complete: the rest goes out, and the door's next turn."""
+        self._stop_slow()
         door = self.door
         if self._gathered is not None:
             out = self._out
@@ -1437,7 +1452,9 @@ class _Exchange:
                 out["Content-Length"] = str(len(self._gathered))
                 if self._gathered:
                     out.setdefault("Content-Type", "application/octet-stream")  # as aiohttp
-                door.write(self._path.head(status, reason, out, self.request_id) + self._gathered)
+                head = self._path.head(status, reason, out, self.request_id)  # may refuse
+                door.write(head + self._gathered)
+                self._sent_head = True
         elif self._chunked:
             door.write(b"0\r\n\r\n")
         self._path.release(door)
@@ -1445,9 +1462,7 @@ class _Exchange:
 
     def failed(self, error: UpstreamError, *, started: bool, spoke: bool) -> None:
         """The exchange failed: once more on a new link, a JSON 503/504, or the client cut off."""
-        if self._slow is not None:
-            self._slow.cancel()
-            self._slow = None
+        self._stop_slow()
         door = self.door
         door.link = None  # closed by the link itself
         if door.transport is None:
@@ -1464,10 +1479,14 @@ class _Exchange:
             task = asyncio.get_running_loop().create_task(self._path.connect_and_send(self))
             task.add_done_callback(_log_failure)
             return
-        if started and self._gathered is None:
+        if self._sent_head:
             door.abort()  # the head went out: a cut-short body must not look whole
             return
+        # Nothing of it was sent: the application's JSON answer (its 500 for
+        # an answer it could not pass on either, 504/503 for the core's failure).
         status = 504 if isinstance(error, UpstreamTimeout) else 503
+        if isinstance(error, RelayFailed):
+            status = 500
         door.write(self._path.error(status, self.request_id))
         door.served()
 
