@@ -12,99 +12,58 @@ import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
-from enforcer.sessions import cookie_name
+from tests.gateway.link_harness import ScriptCore, cookie_of, get, path_of, raw_all
 from tests.gateway.stack import Stack
 
 pytestmark = pytest.mark.asyncio
 
 
-class RawCore:
-    """A core answering each request with the bytes scripted for its path."""
+Scripted = dict[bytes, bytes | tuple[bytes, str]]
 
-    def __init__(self, script: dict[bytes, bytes | tuple[bytes, str]]) -> None:
-        self.script = script
-        self.seen = 0
-        self._server: asyncio.AbstractServer | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
 
-    async def start(self, path: Path) -> None:
-        self._server = await asyncio.start_unix_server(self._serve, str(path))
+def RawCore(script: Scripted) -> ScriptCore:
+    """A core answering each request with the bytes scripted for its path (then: close,
+    stall, or drop every later request on the connection unanswered)."""
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for writer in self._writers:
-            writer.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
+    async def serve(
+        core: ScriptCore, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         served_here = 0
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                self.seen += 1
-                served_here += 1
-                path = head.split(b" ", 2)[1].split(b"?")[0]
-                answer = self.script.get(path, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                then = ""
-                if isinstance(answer, tuple):
-                    answer, then = answer
-                if then == "stall":
-                    await asyncio.sleep(30)
-                if then == "once-per-connection" and served_here > 1:
-                    return  # as a core closing an idle connection: not a word
-                writer.write(answer)
-                await writer.drain()
-                if then == "close":
-                    return
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+        while True:
+            path = path_of(await core.head(reader))
+            served_here += 1
+            answer = script.get(path, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            then = ""
+            if isinstance(answer, tuple):
+                answer, then = answer
+            if then == "stall":
+                await asyncio.sleep(30)
+            if then == "once-per-connection" and served_here > 1:
+                return  # as a core closing an idle connection: not a word
+            writer.write(answer)
+            await writer.drain()
+            if then == "close":
+                return
 
-
-async def _cookie(stack: Stack) -> str:
-    async with stack.client() as client:
-        await stack.login(client)
-        return next(c.value for c in client.cookie_jar if c.key == cookie_name(False))
+    return ScriptCore(serve)
 
 
 @pytest.fixture
 async def pair(request: pytest.FixtureRequest) -> AsyncIterator[list[tuple[Stack, str]]]:
     """[(gateway with the door, its cookie), (without, its cookie)], each before a RawCore."""
-    script: dict[bytes, bytes | tuple[bytes, str]] = request.param
+    script: Scripted = request.param
     cores = [RawCore(script), RawCore(script)]
     async with Stack(start_core=False) as fast, Stack(start_core=False, hot_path=False) as plain:
         for core, stack in zip(cores, (fast, plain), strict=True):
             await core.start(stack.config.core_socket)
         try:
-            yield [(fast, await _cookie(fast)), (plain, await _cookie(plain))]
+            yield [(fast, await cookie_of(fast)), (plain, await cookie_of(plain))]
         finally:
             for core in cores:
                 core.stop()
-
-
-async def _exchange(port: int, data: bytes, wait: float = 1.0) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(data)
-        chunks = []
-        while True:
-            try:
-                async with asyncio.timeout(wait):
-                    chunk = await reader.read(65536)
-            except (TimeoutError, ConnectionError):
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        writer.close()
 
 
 def _split(raw: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -112,12 +71,6 @@ def _split(raw: bytes) -> tuple[int, dict[str, str], bytes]:
     lines = head.decode("latin-1").split("\r\n")
     headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
     return int(lines[0].split(" ")[1]), headers, body
-
-
-def _get(path: str, cookie: str, tail: str = "") -> bytes:
-    return (
-        f"GET {path} HTTP/1.1\r\nHost: x\r\nCookie: {cookie_name(False)}={cookie}\r\n{tail}\r\n"
-    ).encode()
 
 
 SECRET = b'Traceback (most recent call last): File "/usr/lib/hive/core.py" db=/var/lib/hive/hive.db'
@@ -134,7 +87,7 @@ SCRIPT = {
 async def test_a_failing_cores_own_words_never_reach_the_client(
     pair: list[tuple[Stack, str]], path: str
 ) -> None:
-    answers = [_split(await _exchange(s.port, _get(path, c))) for s, c in pair]
+    answers = [_split(await raw_all(s.port, get(path, c))) for s, c in pair]
     (door_status, _, door_body), (plain_status, _, plain_body) = answers
     assert SECRET not in door_body
     assert b"oops" not in door_body
@@ -150,7 +103,7 @@ async def test_a_failing_cores_own_words_never_reach_the_client(
 async def test_an_untyped_answer_gets_the_applications_type_not_a_sniffable_none(
     pair: list[tuple[Stack, str]],
 ) -> None:
-    types = [_split(await _exchange(s.port, _get("/api/untyped", c)))[1] for s, c in pair]
+    types = [_split(await raw_all(s.port, get("/api/untyped", c)))[1] for s, c in pair]
     assert types[0].get("content-type") == types[1].get("content-type")
     assert types[0].get("content-type") == "application/octet-stream"
 
@@ -159,7 +112,7 @@ async def test_an_untyped_answer_gets_the_applications_type_not_a_sniffable_none
 async def test_a_head_with_a_bare_lf_is_refused_at_once_not_held_to_the_deadline(
     pair: list[tuple[Stack, str]],
 ) -> None:
-    raws = [await _exchange(s.port, _get("/api/a", c, "X: y\n")) for s, c in pair]
+    raws = [await raw_all(s.port, get("/api/a", c, "X: y\n")) for s, c in pair]
     assert raws[1][:12] in {b"HTTP/1.0 400", b"HTTP/1.1 400"}
     assert raws[0][:12] == raws[1][:12]
 
@@ -179,7 +132,7 @@ async def test_a_client_that_never_reads_is_cut_off_and_held_little() -> None:
         await core.start(stack.config.core_socket)
         loop = asyncio.get_running_loop()
         try:
-            cookie = await _cookie(stack)
+            cookie = await cookie_of(stack)
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -191,7 +144,7 @@ async def test_a_client_that_never_reads_is_cut_off_and_held_little() -> None:
             try:
                 for _ in range(400):
                     try:
-                        await loop.sock_sendall(sock, _get("/api/small", cookie))
+                        await loop.sock_sendall(sock, get("/api/small", cookie))
                     except ConnectionError:
                         cut_off = True
                         break
@@ -202,7 +155,7 @@ async def test_a_client_that_never_reads_is_cut_off_and_held_little() -> None:
                 sock.close()
             assert peak < 1 << 20, f"{peak} bytes held for a client that reads nothing"
             assert cut_off, "still taking requests from a client that reads nothing"
-            assert core.seen < 300  # the application too took 182 here before it stopped
+            assert len(core.heads) < 300  # the application too took 182 here before it stopped
         finally:
             core.stop()
 
@@ -246,7 +199,7 @@ async def test_whatever_the_core_answers_the_door_answers_as_the_application(
     pair: list[tuple[Stack, str]], path: str
 ) -> None:
     wait = 2.5 if path == "/api/stall" else 1.0  # idle_timeout is 1 s: a 504 then
-    answers = [_comparable(await _exchange(s.port, _get(path, c), wait)) for s, c in pair]
+    answers = [_comparable(await raw_all(s.port, get(path, c), wait)) for s, c in pair]
     assert answers[0] == answers[1]
 
 
@@ -259,7 +212,7 @@ async def test_an_answer_the_core_cuts_short_never_looks_whole(
     pair: list[tuple[Stack, str]],
 ) -> None:
     for stack, cookie in pair:
-        raw = await _exchange(stack.port, _get("/api/short", cookie) + _get("/api/next", cookie))
+        raw = await raw_all(stack.port, get("/api/short", cookie) + get("/api/next", cookie))
         status, headers, body = _split(raw)
         # Either the application's 503 before anything (small answers are gathered)
         # or the head and then a cut: never 100 bytes, never a second answer.
@@ -276,12 +229,12 @@ async def test_a_link_the_core_closed_while_idle_is_replaced_and_the_read_answer
         core = RawCore({b"/api/once": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", "close")})
         await core.start(stack.config.core_socket)
         try:
-            cookie = await _cookie(stack)
-            raw = await _exchange(stack.port, _get("/api/once", cookie))
+            cookie = await cookie_of(stack)
+            raw = await raw_all(stack.port, get("/api/once", cookie))
             assert _split(raw)[0] == 200
             await asyncio.sleep(0.2)  # the core's close has arrived
             for _ in range(3):
-                raw = await _exchange(stack.port, _get("/api/once", cookie))
+                raw = await raw_all(stack.port, get("/api/once", cookie))
                 assert _split(raw)[0] == 200, raw[:200]
         finally:
             core.stop()
@@ -293,11 +246,11 @@ async def test_a_pooled_link_the_core_drops_unanswered_is_retried_once_on_a_new_
         core = RawCore({b"/api/r": (ok, "once-per-connection")})
         await core.start(stack.config.core_socket)
         try:
-            cookie = await _cookie(stack)
+            cookie = await cookie_of(stack)
             for _ in range(4):
-                raw = await _exchange(stack.port, _get("/api/r", cookie))
+                raw = await raw_all(stack.port, get("/api/r", cookie))
                 assert _split(raw)[0] == 200, raw[:200]
             # Every read after the first found its pooled link dropped, and went again.
-            assert core.seen == 1 + 2 * 3
+            assert len(core.heads) == 1 + 2 * 3
         finally:
             core.stop()
