@@ -118,7 +118,6 @@ class FrontDoor(asyncio.Protocol):
         "_busy",
         "_close_at",
         "_deadline",
-        "_drained",
         "_keepalive",
         "_lane",
         "_loop",
@@ -159,7 +158,6 @@ class FrontDoor(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._slow: asyncio.TimerHandle | None = None
-        self._drained: asyncio.Future[None] | None = None
         self.transport: asyncio.Transport | None = None
 
     # --- asyncio.Protocol --------------------------------------------------------------
@@ -192,9 +190,6 @@ class FrontDoor(asyncio.Protocol):
             slow.cancel()
         self._close_link()
         self._writable = None
-        waiter, self._drained = self._drained, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(ConnectionResetError("the client went away"))
         self.transport = None
         self._owner.door_lost(self)
 
@@ -203,9 +198,6 @@ class FrontDoor(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        waiter, self._drained = self._drained, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
         writable, self._writable = self._writable, None
         if writable is not None:
             writable()
@@ -216,16 +208,6 @@ class FrontDoor(asyncio.Protocol):
         """Send ``data`` to the client (nothing if it is gone)."""
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
-
-    async def drain(self, idle: float) -> None:
-        """Wait while the client's socket is full; :class:`TimeoutError` past ``idle`` s."""
-        if not self._writing_paused:
-            return
-        if self.transport is None:
-            raise ConnectionResetError("the client went away")
-        waiter = self._drained = self._loop.create_future()
-        async with asyncio.timeout(idle):
-            await waiter
 
     @property
     def writing_paused(self) -> bool:
