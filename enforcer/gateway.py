@@ -158,7 +158,6 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote
@@ -350,9 +349,14 @@ def _error_page(status: int, reason: str) -> web.Response:
 
 
 def _json_error(status: int, code: str, reason: str, request: web.Request) -> web.Response:
+    return _json_error_for(status, code, reason, request.get(authz.REQUEST_ID))
+
+
+def _json_error_for(status: int, code: str, reason: str, request_id: str | None) -> web.Response:
+    # A 5xx says only the gateway's fixed words: nothing from inside reaches the client.
     if status >= 500:
         reason = _SERVER_REASONS.get(status, "internal error")
-    return authz.json_error(status, code, reason, request_id=request.get(authz.REQUEST_ID))
+    return authz.json_error(status, code, reason, request_id=request_id)
 
 
 def _wants_json(request: web.Request) -> bool:
@@ -1314,19 +1318,13 @@ class HotPath:
         return _serialize_headers(f"HTTP/1.1 {status} {reason}", headers)
 
     def error(self, status: int, request_id: str) -> bytes:
-        """The application's JSON answer when the core cannot answer (503/504), whole."""
-        reason_text = _SERVER_REASONS.get(status, "internal error")
-        body = json.dumps(
-            {"error": "unavailable", "reason": reason_text, "request_id": request_id}
-        ).encode()
-        headers: CIMultiDict[str] = CIMultiDict()
-        headers["Content-Type"] = "application/json; charset=utf-8"
+        """The application's JSON 5xx (its pages middleware's), whole."""
+        response = _json_error_for(status, "unavailable", "", request_id)
+        body = response.body
+        assert isinstance(body, bytes)
+        headers: CIMultiDict[str] = CIMultiDict(response.headers)
         headers["Content-Length"] = str(len(body))
-        try:
-            reason = HTTPStatus(status).phrase
-        except ValueError:
-            reason = ""  # as aiohttp: no phrase for a status it does not know
-        return self.head(status, reason, headers, request_id) + body
+        return self.head(status, response.reason, headers, request_id) + body
 
 
 class _Exchange:
