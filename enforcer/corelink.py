@@ -39,14 +39,20 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from multidict import CIMultiDictProxy
 
 from enforcer.log import get_logger
-from enforcer.upstream import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from enforcer.proxy import NO_BODY_STATUS
+from enforcer.upstream import (
+    MAX_FIELD,
+    MAX_HEADERS,
+    MAX_LINE,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+    ambiguous_framing,
+    connect_unix,
+)
 
 __all__ = ["Answer", "CoreLink", "RelayFailed", "open_link"]
 
-_MAX_LINE = 8190
-_MAX_FIELD = 8190
-_MAX_HEADERS = 128
-_NO_BODY = frozenset({204, 304})
 
 _log = get_logger("enforcer.corelink")
 
@@ -144,9 +150,9 @@ class CoreLink(asyncio.Protocol):
             response_with_body=True,
             read_until_eof=True,  # no length and not chunked: to the close (RFC 9112 6.3)
             auto_decompress=False,
-            max_line_size=_MAX_LINE,
-            max_field_size=_MAX_FIELD,
-            max_headers=_MAX_HEADERS,
+            max_line_size=MAX_LINE,
+            max_field_size=MAX_FIELD,
+            max_headers=MAX_HEADERS,
         )
         self._expect_within(self._idle)
         self.transport.write(head)
@@ -218,16 +224,12 @@ class CoreLink(asyncio.Protocol):
                     return
                 continue  # an interim answer is not the answer
             headers = message.headers
-            cl = headers.getall("Content-Length", ())
-            if len(cl) > 1 or (cl and "Transfer-Encoding" in headers):
-                self._fail(
-                    UpstreamError(
-                        "more than one framing header (Content-Length, Transfer-Encoding)"
-                    )
-                )
+            if ambiguous_framing(headers):
+                self._fail(UpstreamError("more than one framing header"))
                 return
+            cl = headers.getall("Content-Length", ())
             self._should_close = self._should_close or message.should_close
-            no_body = code in _NO_BODY
+            no_body = code in NO_BODY_STATUS
             length = int(cl[0]) if cl and cl[0].isdigit() and not no_body else None
             self._started = True
             self._payload = EMPTY_PAYLOAD if no_body else payload
@@ -351,13 +353,6 @@ class CoreLink(asyncio.Protocol):
 async def open_link(path: str, *, connect_timeout: float, idle_timeout: float) -> CoreLink:
     """A new link to the core at ``path``; :class:`UpstreamError` as the application's client."""
     loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(connect_timeout):
-            _, link = await loop.create_unix_connection(
-                lambda: CoreLink(loop, idle_timeout=idle_timeout), path
-            )
-    except TimeoutError as e:
-        raise UpstreamTimeout("the upstream did not accept a connection in time") from e
-    except OSError as e:
-        raise UpstreamUnreachable("the upstream is unreachable") from e
-    return link
+    return await connect_unix(
+        path, lambda: CoreLink(loop, idle_timeout=idle_timeout), connect_timeout
+    )

@@ -57,6 +57,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 from aiohttp import ClientOSError, ServerDisconnectedError, hdrs
 from aiohttp.client_proto import ResponseHandler
@@ -67,6 +68,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from enforcer.errors import HiveError
 
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
+
 __all__ = [
     "BodyStalled",
     "ClientBody",
@@ -75,6 +78,8 @@ __all__ = [
     "UpstreamError",
     "UpstreamTimeout",
     "UpstreamUnreachable",
+    "ambiguous_framing",
+    "connect_unix",
     "serialize_request_head",
 ]
 
@@ -82,9 +87,10 @@ __all__ = [
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # Methods whose request has a body by definition: an absent one is sent as 0 bytes.
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-_MAX_LINE = 8190
-_MAX_FIELD = 8190
-_MAX_HEADERS = 128
+MAX_LINE = 8190
+MAX_FIELD = 8190
+MAX_HEADERS = 128
+"""The answer parser's limits (line, field, header count), for every client of the core."""
 # What aiohttp's serialiser refuses in a head (RFC 9110 5.5: CTLs but HTAB).
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CONTENT_LENGTH = hdrs.CONTENT_LENGTH
@@ -411,14 +417,7 @@ class Upstream:
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self._connect_timeout):
-                _, conn = await loop.create_unix_connection(lambda: _Connection(loop), self._path)
-        except TimeoutError as e:
-            raise UpstreamTimeout("the upstream did not accept a connection in time") from e
-        except OSError as e:
-            raise UpstreamUnreachable("the upstream is unreachable") from e
-        return conn
+        return await connect_unix(self._path, lambda: _Connection(loop), self._connect_timeout)
 
     def _put_back(self, conn: _Connection, *, keep: bool) -> None:
         self._slots.release()
@@ -445,9 +444,9 @@ class Upstream:
             read_until_eof=True,
             auto_decompress=False,
             read_timeout=self._idle_timeout,
-            max_line_size=_MAX_LINE,
-            max_field_size=_MAX_FIELD,
-            max_headers=_MAX_HEADERS,
+            max_line_size=MAX_LINE,
+            max_field_size=MAX_FIELD,
+            max_headers=MAX_HEADERS,
         )
         transport = conn.transport
         if transport is None:
@@ -466,7 +465,7 @@ class Upstream:
                 # Interim answers (1xx other than 101) are not the answer.
                 if not 100 <= message.code < 200 or message.code == 101:
                     break
-            if _ambiguous_framing(message.headers):
+            if ambiguous_framing(message.headers):
                 raise BadHttpMessage(
                     "more than one framing header (Content-Length, Transfer-Encoding)"
                 )
@@ -479,7 +478,24 @@ class Upstream:
         )
 
 
-def _ambiguous_framing(headers: CIMultiDictProxy[str]) -> bool:
+async def connect_unix(path: str | Path, factory: Callable[[], _P], connect_timeout: float) -> _P:
+    """A connection to the unix socket ``path`` speaking ``factory()``'s protocol.
+
+    :class:`UpstreamTimeout` past ``connect_timeout``, :class:`UpstreamUnreachable`
+    when it cannot be reached: the errors every client of the core reports.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(connect_timeout):
+            _, protocol = await loop.create_unix_connection(factory, str(path))
+    except TimeoutError as e:
+        raise UpstreamTimeout("the upstream did not accept a connection in time") from e
+    except OSError as e:
+        raise UpstreamUnreachable("the upstream is unreachable") from e
+    return protocol
+
+
+def ambiguous_framing(headers: CIMultiDictProxy[str]) -> bool:
     """Whether the parsed answer's fields frame its body in more than one way.
 
     The multidict holds every field line the parser read, duplicates
