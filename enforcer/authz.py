@@ -59,6 +59,7 @@ __all__ = [
     "PathResource",
     "RouteBinding",
     "UnboundRouteError",
+    "Verdict",
     "check_raw_path",
     "check_routes",
     "decision_event",
@@ -379,8 +380,11 @@ class _LiveEngine(Decider, Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class _Verdict:
-    """One (principal, resource, action)'s decision under one policy version, and its log line."""
+class Verdict:
+    """One (principal, resource, action)'s decision under one policy version, and its log line.
+
+    ``decision`` is what to act on; ``line`` writes it to the decision log.
+    """
 
     policy: Policy | None
     decision: Decision
@@ -440,10 +444,10 @@ class Enforcer:
         # Raw paths already found acceptable (a pure check): bounded, restarted when full.
         self._accepted: set[str] = set()
         # (principal, resource, action) -> verdict, valid while its policy is live.
-        self._verdicts: dict[tuple[str, str, str], _Verdict] = {}
+        self._verdicts: dict[tuple[str, str, str], Verdict] = {}
         # (principal, binding, raw target) -> verdict, for bindings whose resource
         # follows from the path: the resource function is skipped on a repeat.
-        self._by_target: dict[tuple[str, RouteBinding, str], _Verdict] = {}
+        self._by_target: dict[tuple[str, RouteBinding, str], Verdict] = {}
         self._fallbacks: set[web.AbstractResource] = set()
 
     # --- wiring ---------------------------------------------------------------
@@ -532,7 +536,7 @@ class Enforcer:
 
     def _verdict(
         self, policy: Policy | None, principal: str, resource: str, action: str
-    ) -> _Verdict:
+    ) -> Verdict:
         """``policy``'s (the live one, just read) decision and its rendered log line, cached."""
         verdict = self._verdicts.get((principal, resource, action))
         if verdict is not None and verdict.policy is policy:
@@ -543,34 +547,30 @@ class Enforcer:
         decision = (
             policy.index.decide(access) if policy is not None else self._engine.decide(access)
         )
-        verdict = _Verdict(
-            policy, decision, DecisionLine(decision_event(access, decision), _LOGGER)
-        )
+        verdict = Verdict(policy, decision, DecisionLine(decision_event(access, decision), _LOGGER))
         if len(self._verdicts) >= _VERDICTS_LIMIT:
             self._verdicts.clear()
         self._verdicts[(principal, resource, action)] = verdict
         return verdict
 
-    def decide(self, principal: str, resource: str, action: str) -> Decision:
-        """Decide (principal, this channel, resource, action) under the live policy; unlogged.
+    def decide(self, principal: str, resource: str, action: str) -> Verdict:
+        """The verdict on (principal, this channel, resource, action) under the live policy.
 
-        For a caller that answers a request without a route of its own (the
-        gateway's front door, :mod:`enforcer.frontdoor`): it logs the decision
-        with :meth:`log_decision` before acting on it, as the enforcer does.
+        Not logged yet: for a caller that answers a request without a route of
+        its own (the gateway's front door, :mod:`enforcer.frontdoor`), which
+        acts on it only after :meth:`log` wrote it, as the enforcer does.
         """
-        return self._verdict(self._engine.current, principal, resource, action).decision
+        return self._verdict(self._engine.current, principal, resource, action)
 
-    def log_decision(self, principal: str, resource: str, action: str, request_id: str) -> Decision:
-        """Decide as :meth:`decide` and write its decision line (and sink entry) now.
+    def log(self, verdict: Verdict, request_id: str) -> None:
+        """Write ``verdict``'s decision line (and sink entry) for ``request_id`` now.
 
         :class:`OSError` when the line cannot be written: the caller must then
-        not act on the decision (every decision is logged or not made).
+        not act on it (every decision is logged or not made).
         """
-        verdict = self._verdict(self._engine.current, principal, resource, action)
         verdict.line.write_hex(request_id)
         if self._on_decision is not None:
             self._on_decision((verdict.line.event, request_id))
-        return verdict.decision
 
     async def _run(
         self, handler: Handler, binding: RouteBinding, request: web.Request

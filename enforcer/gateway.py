@@ -1188,7 +1188,8 @@ class HotPath:
         if session is None or session_id is None:
             return None  # 401 is the application's
         enforcer = app[_ENFORCER]
-        if not enforcer.decide("operator", _HOT_RESOURCE, _HOT_ACTION).allowed:
+        verdict = enforcer.decide("operator", _HOT_RESOURCE, _HOT_ACTION)
+        if not verdict.decision.allowed:
             return None  # a refusal is the application's to answer and log
         link = self._take_link()
         if link is None and self._live >= LINK_LIMIT:
@@ -1201,7 +1202,7 @@ class HotPath:
             request_head = serialize_request_head(f"GET {upstream_target} HTTP/1.1", to_core)
             # Logged before anything is sent; not logged, not made (the
             # application then answers 503).
-            enforcer.log_decision("operator", _HOT_RESOURCE, _HOT_ACTION, request_id)
+            enforcer.log(verdict, request_id)
         except (ValueError, TypeError, OSError):
             if link is not None:
                 self._put_back(link)
