@@ -355,19 +355,22 @@ class FrontDoor(asyncio.Protocol):
             self._timer = self._loop.call_at(when, self._expire)
             return
         # No complete head by its deadline (slowloris, or an idle keep-alive).
-        # abort, not close: close would wait for a client that takes nothing.
         if not self._busy:
-            if self.transport.get_write_buffer_size():
-                self.transport.abort()
-            else:
-                self.transport.close()
+            self._shut()
 
     def close(self) -> None:
         """Close the connection (server shutdown): an answer under way is cut off."""
         self._close_link()  # now, not when a client that reads nothing takes the rest
-        if self.transport is not None:
-            with contextlib.suppress(RuntimeError):
-                if self.transport.get_write_buffer_size():
-                    self.transport.abort()
-                else:
-                    self.transport.close()
+        with contextlib.suppress(RuntimeError):
+            self._shut()
+
+    def _shut(self) -> None:
+        # abort, not close, with bytes unsent: close would wait for a client
+        # that takes nothing, holding them and the connection's place.
+        transport = self.transport
+        if transport is None:
+            return
+        if transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            transport.close()
