@@ -290,7 +290,9 @@ class CoreLink(asyncio.Protocol):
                     return
             if not payload.is_eof():
                 return
-        self._cancel_timer()
+        # The timer stays (it finds no exchange, or a later deadline, when it
+        # fires): no timer made and cancelled per exchange.
+        self._deadline = None
         if self._paused:
             # Held for a slow client to the very end: a link in the pool reads.
             self._paused = False

@@ -120,7 +120,6 @@ class FrontDoor(asyncio.Protocol):
         "_deadline",
         "_keepalive",
         "_lane",
-        "_loop",
         "_owner",
         "_reading_paused",
         "_slow",
@@ -129,6 +128,7 @@ class FrontDoor(asyncio.Protocol):
         "_writable",
         "_writing_paused",
         "link",
+        "loop",
         "transport",
     )
 
@@ -143,7 +143,8 @@ class FrontDoor(asyncio.Protocol):
     ) -> None:
         self._owner = owner
         self._lane = lane
-        self._loop = loop
+        # Public: the lane uses it too (asyncio.get_running_loop() costs a getpid(2) a call).
+        self.loop = loop
         self._keepalive = keepalive_timeout
         self._buffer = bytearray()
         self._busy = False  # an answer is under way (a task's or callbacks')
@@ -165,7 +166,7 @@ class FrontDoor(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         if self._deadline is not None:
-            self._arm(self._loop.time() + self._deadline)
+            self._arm(self.loop.time() + self._deadline)
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -260,7 +261,7 @@ class FrontDoor(asyncio.Protocol):
         self._busy = True
         if serving is not TAKEN:
             assert not isinstance(serving, Taken)
-            self._task = task = self._loop.create_task(serving)
+            self._task = task = self.loop.create_task(serving)
             task.add_done_callback(self._served)
 
     def served(self) -> None:
@@ -279,10 +280,10 @@ class FrontDoor(asyncio.Protocol):
             self.transport.pause_reading()
             self._reading_paused = True
             self._writable = self._taken
-            self._slow = self._loop.call_later(self._lane.idle_timeout, self.abort)
+            self._slow = self.loop.call_later(self._lane.idle_timeout, self.abort)
             return
         self._busy = False
-        self._arm(self._loop.time() + self._keepalive)
+        self._arm(self.loop.time() + self._keepalive)
         if self._reading_paused:
             self._reading_paused = False
             self.transport.resume_reading()
@@ -341,7 +342,7 @@ class FrontDoor(asyncio.Protocol):
         if self._timer is None or self._timer.when() > when:
             if self._timer is not None:
                 self._timer.cancel()
-            self._timer = self._loop.call_at(when, self._expire)
+            self._timer = self.loop.call_at(when, self._expire)
 
     def _disarm(self) -> None:
         self._close_at = None
@@ -351,8 +352,8 @@ class FrontDoor(asyncio.Protocol):
         when = self._close_at
         if when is None or self.transport is None:
             return  # serving, or gone: no deadline runs now
-        if when > self._loop.time():
-            self._timer = self._loop.call_at(when, self._expire)
+        if when > self.loop.time():
+            self._timer = self.loop.call_at(when, self._expire)
             return
         # No complete head by its deadline (slowloris, or an idle keep-alive).
         if not self._busy:

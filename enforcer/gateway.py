@@ -1171,7 +1171,8 @@ class HotPath:
 
     def admit(self, door: FrontDoor, head: bytes) -> Coroutine[Any, Any, None] | Taken | None:
         """The answering coroutine for ``head`` if the lane takes it, else None (see class)."""
-        message = self._parse(head)
+        loop = door.loop
+        message = self._parse(head, loop)
         if message is None:
             return None
         app = self._app
@@ -1191,7 +1192,7 @@ class HotPath:
         verdict = enforcer.decide("operator", _HOT_RESOURCE, _HOT_ACTION)
         if not verdict.decision.allowed:
             return None  # a refusal is the application's to answer and log
-        link = self._take_link()
+        link = self._take_link(loop)
         if link is None and self._live >= LINK_LIMIT:
             return None  # every link busy: the application's pool takes it
         request_id = authz.new_request_id()
@@ -1205,7 +1206,7 @@ class HotPath:
             enforcer.log(verdict, request_id)
         except (ValueError, TypeError, OSError):
             if link is not None:
-                self._put_back(link)
+                self._put_back(link, loop)
             return None  # the application judges (and logs) it
         exchange = _Exchange(self, door, request_id, request_head)
         if link is not None:
@@ -1244,11 +1245,11 @@ class HotPath:
 
     # --- the links to the core: a bounded pool of idle ones --------------------------
 
-    def _take_link(self) -> CoreLink | None:
+    def _take_link(self, loop: asyncio.AbstractEventLoop) -> CoreLink | None:
         """An idle link fit for an exchange (stale ones closed), or None."""
         idle = self._idle
         if idle:
-            stale_before = asyncio.get_running_loop().time() - LINK_KEEPALIVE
+            stale_before = loop.time() - LINK_KEEPALIVE
             while idle:
                 link = idle.pop()  # the most recently used: the likeliest alive
                 if link.ready and link.idle_since >= stale_before:
@@ -1256,9 +1257,9 @@ class HotPath:
                 link.close()
         return None
 
-    def _put_back(self, link: CoreLink) -> None:
+    def _put_back(self, link: CoreLink, loop: asyncio.AbstractEventLoop) -> None:
         if link.ready:
-            link.idle_since = asyncio.get_running_loop().time()
+            link.idle_since = loop.time()
             self._idle.append(link)
         else:
             link.close()
@@ -1272,7 +1273,7 @@ class HotPath:
         """``door``'s exchange is over: its link goes back to the pool (if fit)."""
         link, door.link = door.link, None
         if isinstance(link, CoreLink):
-            self._put_back(link)
+            self._put_back(link, door.loop)
 
     def close(self) -> None:
         """Close every idle link (the worker stops)."""
@@ -1280,8 +1281,7 @@ class HotPath:
             self._idle.pop().close()
 
     @staticmethod
-    def _parse(head: bytes) -> RawRequestMessage | None:
-        loop = asyncio.get_running_loop()
+    def _parse(head: bytes, loop: asyncio.AbstractEventLoop) -> RawRequestMessage | None:
         # No protocol: a head the lane takes has no body for the parser to stream.
         parser = HttpRequestParser(None, loop, 2**16, max_line_size=8190, max_field_size=8190)
         try:
@@ -1416,7 +1416,7 @@ class _Exchange:
             door.link.hold()
             door.when_writable(self._writable)
             idle = self._path.idle_timeout
-            self._slow = asyncio.get_running_loop().call_later(idle, self._not_reading)
+            self._slow = self.door.loop.call_later(idle, self._not_reading)
 
     def _stop_slow(self) -> None:
         slow, self._slow = self._slow, None
@@ -1475,7 +1475,7 @@ class _Exchange:
             # Closed while idle, before a word of this answer: as the
             # application's client does, a GET goes once more on a new link.
             self.retried = True
-            task = asyncio.get_running_loop().create_task(self._path.connect_and_send(self))
+            task = self.door.loop.create_task(self._path.connect_and_send(self))
             task.add_done_callback(_log_failure)
             return
         if self._sent_head:

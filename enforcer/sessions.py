@@ -27,10 +27,12 @@ Sessions are *self-verifying*, so that every gateway worker process (see
   same ones, and neither reveals the id or the key.
 - Logout (and a new login over an old cookie) appends the session's handle
   and expiry to ``STATE/gateway/revoked`` (a 0600 file of 16-byte records,
-  under ``flock``) before it answers; every worker checks that file's inode,
-  size and mtime on each lookup and re-reads it when they changed, so a
-  logged-out cookie is refused by every worker from the very next request.
-  Records of expired sessions are dropped when the file grows.
+  under ``flock``) and then bumps a generation counter at the start of
+  ``revoked.lock``, before it answers. Every worker maps that lock file into
+  memory, compares the generation on each lookup (a memory read, no system
+  call) and re-reads the file when it moved, so a logged-out cookie is
+  refused by every worker from the very next request. Records of expired
+  sessions are dropped when the file grows.
 - Each session can hand out *view capabilities*, one per agent
   (:meth:`SessionStore.view_capability`): ``<view id><mac>``, where the view
   id is the session's expiry and handle (never the id itself) and the mac is
@@ -50,6 +52,7 @@ import base64
 import contextlib
 import fcntl
 import hmac
+import mmap
 import os
 import secrets
 import stat
@@ -103,10 +106,12 @@ _VIEW_ALPHABET = _B64URL_ALPHABET
 KEY_FILE = "session-key"
 """The session key's file name in :func:`session_dir` (0600)."""
 REVOKED_FILE = "revoked"
-"""The revocation file's name in :func:`session_dir` (0600; ``revoked.lock`` beside it)."""
+"""The revocation file's name in :func:`session_dir` (0600; ``revoked.lock`` beside it
+holds the lock and the generation)."""
 _REVOKED_COMPACT_BYTES = 64 * 1024  # 4096 records: then expired ones are dropped
 _PURGE_EVERY = 60.0  # seconds between sweeps of expired handles in memory
 _VERIFIED_CACHE = 4096  # verified cookies remembered per store
+_GENERATION_BYTES = 8  # the revocation generation at the start of revoked.lock
 
 
 class TokenFileError(HiveError):
@@ -366,17 +371,22 @@ class Revocations:
 
     Records are 16 bytes: the 12-byte handle and the session's expiry (32-bit
     Unix seconds, big-endian). Writers append under ``flock`` on a lock file
-    beside it; readers check the file's (inode, size, mtime) on every lookup
-    and merge what it holds into memory when that changed. Merging (never
-    replacing) means a record once seen stays refused until its session
-    expires, even if the file were lost.
+    beside it (``revoked.lock``), and then, still under the lock, bump the
+    8-byte *generation* at the start of that lock file. Every reader maps the
+    lock file into memory (shared) and compares the generation on each lookup
+    - a memory read, no system call on the request path - and re-reads the
+    file when it moved. The bump comes after the append and before ``add``
+    returns, so a lookup that starts after a logout answered sees it.
+    Merging (never replacing) means a record once seen stays refused until its
+    session expires, even if the file were lost.
     """
 
     def __init__(self, path: Path | None = None, *, clock: Callable[[], float] = time.time):
         self._path = path
         self._clock = clock
         self._known: dict[bytes, int] = {}
-        self._seen: tuple[int, int, int] | None = None
+        self._generation: mmap.mmap | None = None
+        self._seen: bytes | None = None  # the generation the last merge read the file under
         self._purged_at = 0.0
         if path is not None:
             try:
@@ -384,7 +394,29 @@ class Revocations:
             except OSError as e:
                 raise SessionKeyError(f"{path}: cannot open the revocation file: {e}") from e
             os.close(fd)
+            self._generation = self._map_generation(self._lock_path())
             self._refresh()
+
+    @staticmethod
+    def _map_generation(lock_path: Path) -> mmap.mmap:
+        """The lock file's first 8 bytes, mapped shared (made 8 bytes long if shorter)."""
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+        except OSError as e:
+            raise SessionKeyError(f"{lock_path}: cannot open the revocation lock: {e}") from e
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise SessionKeyError(f"{lock_path}: the revocation lock is not a regular file")
+            if info.st_size < _GENERATION_BYTES:
+                # Only ever lengthened, never shortened: a mapped page that a
+                # truncation took away would kill the reader (SIGBUS).
+                os.ftruncate(fd, _GENERATION_BYTES)
+            return mmap.mmap(fd, _GENERATION_BYTES, mmap.MAP_SHARED)
+        except OSError as e:
+            raise SessionKeyError(f"{lock_path}: cannot map the revocation lock: {e}") from e
+        finally:
+            os.close(fd)
 
     def __contains__(self, handle: bytes) -> bool:
         self._refresh()
@@ -393,7 +425,7 @@ class Revocations:
     def add(self, handle: bytes, expires: int) -> None:
         """Record an ended session (visible to every reader once this returns)."""
         self._known[handle] = expires
-        if self._path is None:
+        if self._path is None or self._generation is None:
             return
         record = handle + expires.to_bytes(4, "big")
         with self._locked():
@@ -405,10 +437,18 @@ class Revocations:
                 os.close(fd)
             if size > _REVOKED_COMPACT_BYTES:
                 self._compact()
+            # Last, after the file holds the record: a reader that sees the new
+            # generation reads a file that has it.
+            generation = self._generation
+            bumped = (int.from_bytes(generation[:_GENERATION_BYTES], "little") + 1) % (1 << 64)
+            generation[:_GENERATION_BYTES] = bumped.to_bytes(_GENERATION_BYTES, "little")
+
+    def _lock_path(self) -> Path:
+        assert self._path is not None
+        return self._path.with_name(self._path.name + ".lock")
 
     def _locked(self) -> contextlib.AbstractContextManager[None]:
-        assert self._path is not None
-        lock_path = self._path.with_name(self._path.name + ".lock")
+        lock_path = self._lock_path()
 
         @contextlib.contextmanager
         def hold() -> Iterator[None]:
@@ -452,19 +492,18 @@ class Revocations:
         }
 
     def _refresh(self) -> None:
-        if self._path is not None:
-            try:
-                info = os.stat(self._path)
-            except OSError:
-                info = None  # gone or unreadable: keep what is known
-            if info is not None:
-                seen = (info.st_ino, info.st_size, info.st_mtime_ns)
-                if seen != self._seen:
-                    try:
-                        self._known.update(self._parse(self._read()))
-                    except OSError:
-                        return  # try again on the next lookup
-                    self._seen = seen
+        generation = self._generation
+        if generation is not None:
+            now_at = generation[:_GENERATION_BYTES]
+            if now_at != self._seen:
+                try:
+                    self._known.update(self._parse(self._read()))
+                except OSError:
+                    pass  # gone or unreadable: keep what is known, try again next lookup
+                else:
+                    # The generation read *before* the file: a bump meanwhile
+                    # makes the next lookup read it again.
+                    self._seen = now_at
         now = self._clock()
         if now - self._purged_at > _PURGE_EVERY:
             self._purged_at = now

@@ -20,6 +20,7 @@ import socket
 import stat
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -217,6 +218,56 @@ def test_the_revocation_file_drops_records_of_expired_sessions(gateway_dir: Path
     assert size < 200 * 16
     other = Revocations(gateway_dir / REVOKED_FILE, clock=clock)
     assert (4150).to_bytes(12, "big") in other
+
+
+def _revoke_in_another_process(path: str, handle: bytes, expires: int) -> None:
+    Revocations(Path(path)).add(handle, expires)
+
+
+def test_a_logout_in_another_process_is_seen_by_the_very_next_lookup(gateway_dir: Path) -> None:
+    gateway_dir.mkdir(mode=0o700)
+    path = gateway_dir / REVOKED_FILE
+    reader = Revocations(path)
+    handles = [bytes([i]) * 12 for i in range(1, 6)]
+    expires = int(time.time()) + 3600
+    context = multiprocessing.get_context("spawn")  # nothing shared but the files
+    for handle in handles:
+        assert handle not in reader
+        args = (str(path), handle, expires)
+        child = context.Process(target=_revoke_in_another_process, args=args)
+        child.start()
+        child.join(30)
+        assert child.exitcode == 0
+        assert handle in reader  # no polling: the lookup right after the logout answered
+    assert os.stat(path.with_name(REVOKED_FILE + ".lock")).st_size == 8  # the generation
+
+
+def test_a_revocation_lock_left_empty_by_an_older_gateway_is_taken_on(gateway_dir: Path) -> None:
+    gateway_dir.mkdir(mode=0o700)
+    lock = gateway_dir / (REVOKED_FILE + ".lock")
+    lock.touch(mode=0o600)
+    a, b = Revocations(gateway_dir / REVOKED_FILE), Revocations(gateway_dir / REVOKED_FILE)
+    a.add(b"h" * 12, int(time.time()) + 60)
+    assert b"h" * 12 in b
+    assert lock.stat().st_size == 8
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "directory"])
+def test_a_revocation_lock_that_is_not_a_regular_file_is_refused(
+    gateway_dir: Path, kind: str
+) -> None:
+    gateway_dir.mkdir(mode=0o700)
+    lock = gateway_dir / (REVOKED_FILE + ".lock")
+    if kind == "fifo":
+        os.mkfifo(lock, 0o600)
+    elif kind == "symlink":
+        target = gateway_dir / "elsewhere"
+        target.write_bytes(b"\0" * 8)
+        lock.symlink_to(target)
+    else:
+        lock.mkdir()
+    with pytest.raises(SessionKeyError, match="revocation lock"):
+        Revocations(gateway_dir / REVOKED_FILE)
 
 
 # --- two real gateway processes on one state directory --------------------------------------
