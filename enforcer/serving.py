@@ -39,6 +39,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from enforcer import authz
+from enforcer.dispatch import Dispatch
 from enforcer.errors import BadRequest, HiveError
 from enforcer.frontdoor import FrontDoor, Lane
 from enforcer.log import get_logger
@@ -202,6 +203,7 @@ class _Server(web.Server):
         self,
         plain: web.Server,
         *,
+        request_handler: Dispatch | None = None,
         cap: int | None,
         header_timeout: float | None,
         channel: str,
@@ -211,7 +213,7 @@ class _Server(web.Server):
         # for the application (AppRunner._make_server), with our handler class.
         self._handler_kwargs: dict[str, Any] = dict(plain._kwargs)
         super().__init__(
-            plain.request_handler,
+            request_handler if request_handler is not None else plain.request_handler,
             request_factory=plain.request_factory,
             handler_cancellation=plain.handler_cancellation,
             loop=asyncio.get_running_loop(),
@@ -302,6 +304,8 @@ class HiveRunner(web.AppRunner):
         plain = await super()._make_server()
         return _Server(
             plain,
+            # Without middlewares (the agent surface): plain routes by one lookup.
+            request_handler=None if self._app.middlewares else Dispatch(self._app),
             cap=self._cap,
             header_timeout=self._header_timeout,
             channel=self._channel,

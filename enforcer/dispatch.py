@@ -1,0 +1,87 @@
+"""Routing for an application without middlewares: plain routes found by one lookup.
+
+aiohttp's ``Application._handle`` asks the event loop for itself
+(``asyncio.get_event_loop()``: on Python 3.11 a ``getpid(2)`` per request)
+and walks the router from the full path back to ``/`` on every request.
+:class:`Dispatch` is that same step for the core's agent surface, whose
+application has no middlewares (every route is enforced by its
+:class:`enforcer.authz.Enforcer`): a request whose (method, path) the
+router once resolved to a route of a *plain* resource (a fixed path, no
+variable part) goes straight to that route; everything else goes to
+``Application._handle`` itself.
+
+Why that is the same answer: the router is frozen once the application
+starts, and a plain resource matches on exactly the method and the decoded
+path (``rel_url.path_safe``) the router walks with, so the router gives the
+same route for the same (method, path) every time. The table is learnt from
+the router's own answers, never worked out beside it: a key becomes a
+shortcut only after the router resolved a real request with it to that
+route, and only keys of registered plain routes are ever looked up twice
+(so the table is bounded by the routes). What follows the routing is
+``_handle``'s own tail: the match info joined to the application and frozen,
+an ``Expect`` header given to the route's expect handler, then the handler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import cast
+
+from aiohttp import hdrs, web
+from aiohttp.web_urldispatcher import PlainResource, UrlMappingMatchInfo
+
+__all__ = ["Dispatch"]
+
+
+class Dispatch:
+    """``app._handle`` for ``app`` (no middlewares, started), plain routes by one lookup."""
+
+    __slots__ = ("_app", "_candidates", "_handle", "_routes")
+
+    def __init__(self, app: web.Application) -> None:
+        if app.middlewares:
+            raise ValueError("Dispatch serves applications without middlewares only")
+        if not app.frozen:
+            raise ValueError("Dispatch needs the started (frozen) application")
+        self._app = app
+        self._handle: Callable[[web.Request], Awaitable[web.StreamResponse]] = app._handle
+        # (method, path) of every plain route: the only keys worth asking the router about.
+        self._candidates: frozenset[tuple[str, str]] = frozenset(
+            (route.method, route.resource.get_info()["path"])
+            for route in app.router.routes()
+            if isinstance(route.resource, PlainResource) and route.method != hdrs.METH_ANY
+        )
+        # (method, path) -> the route the router resolved it to (confirmed).
+        self._routes: dict[tuple[str, str], web.AbstractRoute] = {}
+
+    async def __call__(self, base: web.BaseRequest) -> web.StreamResponse:
+        """Route ``request`` and run its handler, as ``Application._handle`` does."""
+        # The application's request factory makes a web.Request (as for _handle).
+        request = cast(web.Request, base)
+        key = (request.method, request.rel_url.path_safe)
+        route = self._routes.get(key)
+        if route is not None:
+            return await self._run(UrlMappingMatchInfo({}, route), request)
+        if key not in self._candidates:
+            return await self._handle(request)
+        match_info = await self._app.router.resolve(request)
+        if not isinstance(match_info, UrlMappingMatchInfo):  # not aiohttp's router: its way
+            return await self._handle(request)
+        route = match_info.route
+        if isinstance(route.resource, PlainResource) and route.method == key[0]:
+            self._routes[key] = route
+        return await self._run(match_info, request)
+
+    async def _run(
+        self, match_info: UrlMappingMatchInfo, request: web.Request
+    ) -> web.StreamResponse:
+        # Application._handle's tail, for an application without middlewares.
+        match_info.add_app(self._app)
+        match_info.freeze()
+        request._match_info = match_info
+        if request.headers.get(hdrs.EXPECT):
+            answer = await match_info.expect_handler(request)
+            await request.writer.drain()
+            if answer is not None:
+                return answer
+        return await match_info.handler(request)
