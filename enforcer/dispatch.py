@@ -7,8 +7,12 @@ and walks the router from the full path back to ``/`` on every request.
 application has no middlewares (every route is enforced by its
 :class:`enforcer.authz.Enforcer`): a request whose (method, path) the
 router once resolved to a route of a *plain* resource (a fixed path, no
-variable part) goes straight to that route; everything else goes to
-``Application._handle`` itself.
+variable part) goes straight to that route; everything else is resolved
+by the router as ``Application._handle`` does it. A request the router
+cannot place at all (no route, not even a catch-all: a target that is not
+a path, ``OPTIONS *``, ``CONNECT host:port``) goes to ``unrouted`` when
+given - the agent surface's logged JSON refusal - instead of aiohttp's
+plain 404.
 
 Why that is the same answer: the router is frozen once the application
 starts, and a plain resource matches on exactly the method and the decoded
@@ -36,14 +40,20 @@ __all__ = ["Dispatch"]
 class Dispatch:
     """``app._handle`` for ``app`` (no middlewares, started), plain routes by one lookup."""
 
-    __slots__ = ("_app", "_candidates", "_handle", "_routes")
+    __slots__ = ("_app", "_candidates", "_handle", "_routes", "_unrouted")
 
-    def __init__(self, app: web.Application) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        unrouted: Callable[[web.Request], web.StreamResponse] | None = None,
+    ) -> None:
         if app.middlewares:
             raise ValueError("Dispatch serves applications without middlewares only")
         if not app.frozen:
             raise ValueError("Dispatch needs the started (frozen) application")
         self._app = app
+        self._unrouted = unrouted
         self._handle: Callable[[web.Request], Awaitable[web.StreamResponse]] = app._handle
         # (method, path) of every plain route: the only keys worth asking the router about.
         self._candidates: frozenset[tuple[str, str]] = frozenset(
@@ -62,14 +72,18 @@ class Dispatch:
         route = self._routes.get(key)
         if route is not None:
             return await self._run(UrlMappingMatchInfo({}, route), request)
-        if key not in self._candidates:
-            return await self._handle(request)
         match_info = await self._app.router.resolve(request)
         if not isinstance(match_info, UrlMappingMatchInfo):  # not aiohttp's router: its way
             return await self._handle(request)
-        route = match_info.route
-        if isinstance(route.resource, PlainResource) and route.method == key[0]:
-            self._routes[key] = route
+        if match_info.http_exception is not None and self._unrouted is not None:
+            # The router could not place it (with a catch-all route, as the
+            # agent surface has: only a target that is not a path, "OPTIONS *"
+            # or "CONNECT host:port"). The owner's answer, not aiohttp's 404.
+            return self._unrouted(request)
+        if key in self._candidates:
+            route = match_info.route
+            if isinstance(route.resource, PlainResource) and route.method == key[0]:
+                self._routes[key] = route
         return await self._run(match_info, request)
 
     async def _run(

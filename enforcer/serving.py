@@ -300,12 +300,17 @@ class HiveRunner(web.AppRunner):
         self._header_timeout: float | None = None
         self._lane: Lane | None = None
 
+    def _unrouted(self, request: web.Request) -> web.Response:
+        return authz.refuse_unrouted(request, self._channel)
+
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
         return _Server(
             plain,
             # Without middlewares (the agent surface): plain routes by one lookup.
-            request_handler=None if self._app.middlewares else Dispatch(self._app),
+            request_handler=None
+            if self._app.middlewares
+            else Dispatch(self._app, unrouted=self._unrouted),
             cap=self._cap,
             header_timeout=self._header_timeout,
             channel=self._channel,

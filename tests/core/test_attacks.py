@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import io
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from enforcer.config import default_policy_dir
+from enforcer.log import configure_logging
 from enforcer.policy import AuthorityClass, PolicyEngine
 from enforcer.transport import MAX_AGENT_CONNECTIONS
 from tests.core.conftest import Core, make_config, start_core
@@ -149,6 +151,42 @@ RAW_ATTACKS: dict[str, bytes] = {
     ),
     "bare LF line endings": b"GET /api/agents HTTP/1.1\nHost: core\nConnection: close\n\n",
 }
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [b"OPTIONS * HTTP/1.1", b"CONNECT core:80 HTTP/1.1", b"CONNECT 127.0.0.1:22 HTTP/1.1"],
+    ids=["asterisk-form", "authority-form", "authority-form-ssh"],
+)
+async def test_a_target_that_is_not_a_path_gets_a_logged_refusal_on_an_agent_socket(
+    counted: tuple[Core, collections.Counter[str]], request_line: bytes, tmp_path: Path
+) -> None:
+    # A known gap until now: no route matches such a target (not even the
+    # enforcer's catch-all, whose pattern starts with "/"), so aiohttp
+    # answered its plain 404 and no line recorded it.
+    core, calls = counted
+    log = tmp_path / "core.log"
+    with log.open("w") as stream:
+        configure_logging(stream)
+        try:
+            out = await asyncio.to_thread(
+                _raw,
+                str(core.config.agent_socket("alpha")),
+                request_line + b"\r\n" + _H + b"Connection: close\r\n\r\n",
+            )
+        finally:
+            configure_logging(io.StringIO())
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert _statuses(head) == [400], out[:300]
+    answer = json.loads(body)
+    assert answer["reason"] == "the request target must be a path"
+    request_id = answer["request_id"]
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    refused = [e for e in events if e["event"] == "request.refused"]
+    assert [(e["request_id"], e["status"], e["channel"]) for e in refused] == [
+        (request_id, 400, "socket")
+    ]
+    assert not calls  # no handler ran
 
 
 @pytest.mark.parametrize("attack", sorted(RAW_ATTACKS))

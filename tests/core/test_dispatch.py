@@ -160,3 +160,27 @@ def test_an_expectation_goes_to_the_routes_expect_handler_as_aiohttp_does() -> N
             assert (await _answer(dispatch, "POST", "/v1/expect", {}, app))[0] == 200
 
     asyncio.run(check())
+
+
+def test_a_request_no_route_can_place_goes_to_unrouted_and_nothing_else_does() -> None:
+    async def check() -> None:
+        app = _app()
+        seen: list[str] = []
+
+        def unrouted(request: web.Request) -> web.StreamResponse:
+            seen.append(request.method)
+            return web.json_response({"handler": "unrouted"}, status=400)
+
+        dispatch = Dispatch(app, unrouted=unrouted)
+        # The catch-all takes every path: only a target that is not one is unrouted.
+        for method, target in (("OPTIONS", "*"), ("CONNECT", "core:80")):
+            request = make_mocked_request(method, target, app=app)
+            response = await dispatch(request)
+            assert response.status == 400
+        assert seen == ["OPTIONS", "CONNECT"]
+        for method, path in (("GET", "/v1/whoami"), ("BREW", "/nowhere"), ("GET", "/v1/a/z")):
+            ours = await _answer(dispatch, method, path, {}, app)
+            assert ours == await _answer(app._handle, method, path, {}, app)
+        assert seen == ["OPTIONS", "CONNECT"]
+
+    asyncio.run(check())
