@@ -32,7 +32,12 @@ from collections.abc import Awaitable, Callable
 from typing import cast
 
 from aiohttp import hdrs, web
-from aiohttp.web_urldispatcher import PlainResource, UrlMappingMatchInfo
+from aiohttp.web_urldispatcher import (
+    MatchedSubAppResource,
+    PlainResource,
+    PrefixedSubAppResource,
+    UrlMappingMatchInfo,
+)
 
 __all__ = ["Dispatch"]
 
@@ -48,8 +53,10 @@ class Dispatch:
         *,
         unrouted: Callable[[web.Request], web.StreamResponse] | None = None,
     ) -> None:
-        if app.middlewares:
-            raise ValueError("Dispatch serves applications without middlewares only")
+        if not self.serves(app):
+            raise ValueError(
+                "Dispatch serves applications without middlewares or sub-applications only"
+            )
         if not app.frozen:
             raise ValueError("Dispatch needs the started (frozen) application")
         self._app = app
@@ -63,6 +70,19 @@ class Dispatch:
         )
         # (method, path) -> the route the router resolved it to (confirmed).
         self._routes: dict[tuple[str, str], web.AbstractRoute] = {}
+
+    @staticmethod
+    def serves(app: web.Application) -> bool:
+        """Whether ``app`` is one Dispatch routes as ``_handle`` would.
+
+        No middlewares (``_run`` runs none) and no sub-applications: their
+        middlewares, their ``request.app``, and a domain's dependence on
+        ``Host`` are ``_handle``'s business, not a (method, path) table's.
+        """
+        return not app.middlewares and not any(
+            isinstance(resource, PrefixedSubAppResource | MatchedSubAppResource)
+            for resource in app.router.resources()
+        )
 
     async def __call__(self, base: web.BaseRequest) -> web.StreamResponse:
         """Route ``request`` and run its handler, as ``Application._handle`` does."""

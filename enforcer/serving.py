@@ -307,10 +307,11 @@ class HiveRunner(web.AppRunner):
         plain = await super()._make_server()
         return _Server(
             plain,
-            # Without middlewares (the agent surface): plain routes by one lookup.
-            request_handler=None
-            if self._app.middlewares
-            else Dispatch(self._app, unrouted=self._unrouted),
+            # Without middlewares or sub-applications (the agent surface):
+            # plain routes by one lookup.
+            request_handler=Dispatch(self._app, unrouted=self._unrouted)
+            if Dispatch.serves(self._app)
+            else None,
             cap=self._cap,
             header_timeout=self._header_timeout,
             channel=self._channel,

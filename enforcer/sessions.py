@@ -62,6 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from enforcer.errors import HiveError
+from enforcer.log import get_logger
 
 __all__ = [
     "CSRF_COOKIE",
@@ -111,6 +112,7 @@ holds the lock and the generation)."""
 _REVOKED_COMPACT_BYTES = 64 * 1024  # 4096 records: then expired ones are dropped
 _PURGE_EVERY = 60.0  # seconds between sweeps of expired handles in memory
 _VERIFIED_CACHE = 4096  # verified cookies remembered per store
+_log = get_logger("enforcer.sessions")
 _GENERATION_BYTES = 8  # the revocation generation at the start of revoked.lock
 
 
@@ -371,14 +373,19 @@ class Revocations:
 
     Records are 16 bytes: the 12-byte handle and the session's expiry (32-bit
     Unix seconds, big-endian). Writers append under ``flock`` on a lock file
-    beside it (``revoked.lock``), and then, still under the lock, bump the
-    8-byte *generation* at the start of that lock file. Every reader maps the
-    lock file into memory (shared) and compares the generation on each lookup
-    - a memory read, no system call on the request path - and re-reads the
-    file when it moved. The bump comes after the append and before ``add``
-    returns, so a lookup that starts after a logout answered sees it.
-    Merging (never replacing) means a record once seen stays refused until its
-    session expires, even if the file were lost.
+    beside it (``revoked.lock``) and, straight after the append, still under
+    the lock, bump the 8-byte *generation* at the start of that lock file.
+    Every reader maps the lock file into memory (shared) and compares the
+    generation on each lookup - a memory read, no system call on the request
+    path - and re-reads the file when it moved. The bump comes after the
+    append and before ``add`` returns, so a lookup that starts after a logout
+    answered sees it. Merging (never replacing) means a record once seen stays
+    refused until its session expires, even if the file were lost.
+
+    The lock file is never replaced by this code. Should its name come to
+    name another file (removed by hand while the gateway runs), a writer that
+    finds it so bumps both generations and follows the new one, and every
+    reader looks again at least once a minute.
     """
 
     def __init__(self, path: Path | None = None, *, clock: Callable[[], float] = time.time):
@@ -386,6 +393,7 @@ class Revocations:
         self._clock = clock
         self._known: dict[bytes, int] = {}
         self._generation: mmap.mmap | None = None
+        self._mapped: tuple[int, int] = (0, 0)  # (device, inode) of the mapped lock file
         self._seen: bytes | None = None  # the generation the last merge read the file under
         self._purged_at = 0.0
         if path is not None:
@@ -394,16 +402,22 @@ class Revocations:
             except OSError as e:
                 raise SessionKeyError(f"{path}: cannot open the revocation file: {e}") from e
             os.close(fd)
-            self._generation = self._map_generation(self._lock_path())
+            lock_path = self._lock_path()
+            try:
+                fd = os.open(
+                    lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600
+                )
+            except OSError as e:
+                raise SessionKeyError(f"{lock_path}: cannot open the revocation lock: {e}") from e
+            try:
+                self._generation, self._mapped = self._map(fd, lock_path)
+            finally:
+                os.close(fd)
             self._refresh()
 
     @staticmethod
-    def _map_generation(lock_path: Path) -> mmap.mmap:
+    def _map(fd: int, lock_path: Path) -> tuple[mmap.mmap, tuple[int, int]]:
         """The lock file's first 8 bytes, mapped shared (made 8 bytes long if shorter)."""
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
-        except OSError as e:
-            raise SessionKeyError(f"{lock_path}: cannot open the revocation lock: {e}") from e
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
@@ -412,11 +426,10 @@ class Revocations:
                 # Only ever lengthened, never shortened: a mapped page that a
                 # truncation took away would kill the reader (SIGBUS).
                 os.ftruncate(fd, _GENERATION_BYTES)
-            return mmap.mmap(fd, _GENERATION_BYTES, mmap.MAP_SHARED)
+            mapped = mmap.mmap(fd, _GENERATION_BYTES, mmap.MAP_SHARED)
         except OSError as e:
             raise SessionKeyError(f"{lock_path}: cannot map the revocation lock: {e}") from e
-        finally:
-            os.close(fd)
+        return mapped, (info.st_dev, info.st_ino)
 
     def __contains__(self, handle: bytes) -> bool:
         self._refresh()
@@ -428,51 +441,73 @@ class Revocations:
         if self._path is None or self._generation is None:
             return
         record = handle + expires.to_bytes(4, "big")
-        with self._locked():
+        with self._locked() as lock_fd:
             fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
             try:
                 os.write(fd, record)
                 size = os.fstat(fd).st_size
             finally:
                 os.close(fd)
+            # Straight after the append: a reader that sees the new generation
+            # reads a file that has the record, whatever happens next.
+            self._bump(lock_fd)
             if size > _REVOKED_COMPACT_BYTES:
-                self._compact()
-            # Last, after the file holds the record: a reader that sees the new
-            # generation reads a file that has it.
+                try:
+                    self._compact()
+                except OSError as e:
+                    # The record is written and announced; the file stays larger
+                    # (a full disk, say) and the next logout tries again.
+                    _log.warning("sessions.compaction_failed", error=str(e))
+
+    def _bump(self, lock_fd: int) -> None:
+        """Move the generation on (lock held); follow the lock file if it was replaced."""
+        generation = self._generation
+        assert generation is not None
+        info = os.fstat(lock_fd)
+        if (info.st_dev, info.st_ino) != self._mapped:
+            # The name names another file now: readers of the old one hear of
+            # this record too, and from now on this writer bumps the new one.
+            _bumped(generation)
+            self._follow_lock()
             generation = self._generation
-            bumped = (int.from_bytes(generation[:_GENERATION_BYTES], "little") + 1) % (1 << 64)
-            generation[:_GENERATION_BYTES] = bumped.to_bytes(_GENERATION_BYTES, "little")
+            assert generation is not None
+        _bumped(generation)
 
     def _lock_path(self) -> Path:
         assert self._path is not None
         return self._path.with_name(self._path.name + ".lock")
 
-    def _locked(self) -> contextlib.AbstractContextManager[None]:
+    def _locked(self) -> contextlib.AbstractContextManager[int]:
         lock_path = self._lock_path()
 
         @contextlib.contextmanager
-        def hold() -> Iterator[None]:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        def hold() -> Iterator[int]:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
+                yield fd
             finally:
                 os.close(fd)
 
         return hold()
 
     def _compact(self) -> None:
-        """Rewrite the file without expired records (lock held)."""
+        """Rewrite the file without expired records (lock held); nothing left behind on failure."""
         assert self._path is not None
         now = self._clock()
         live = {h: e for h, e in self._parse(self._read()).items() if e > now}
         temp = self._path.with_name(f".{self._path.name}.{os.getpid()}")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(b"".join(h + e.to_bytes(4, "big") for h, e in live.items()))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, self._path)
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(b"".join(h + e.to_bytes(4, "big") for h, e in live.items()))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, self._path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
 
     def _read(self) -> bytes:
         assert self._path is not None
@@ -492,6 +527,12 @@ class Revocations:
         }
 
     def _refresh(self) -> None:
+        now = self._clock()
+        if now - self._purged_at > _PURGE_EVERY:
+            self._purged_at = now
+            for handle in [h for h, e in self._known.items() if e <= now]:
+                del self._known[handle]
+            self._follow_lock()  # first: a new mapping is read from at once
         generation = self._generation
         if generation is not None:
             now_at = generation[:_GENERATION_BYTES]
@@ -504,11 +545,38 @@ class Revocations:
                     # The generation read *before* the file: a bump meanwhile
                     # makes the next lookup read it again.
                     self._seen = now_at
-        now = self._clock()
-        if now - self._purged_at > _PURGE_EVERY:
-            self._purged_at = now
-            for handle in [h for h, e in self._known.items() if e <= now]:
-                del self._known[handle]
+
+    def _follow_lock(self) -> None:
+        """Map the lock file anew if its name names another file now.
+
+        Readers ask once a minute, a writer whenever its lock is another file.
+        Mapped through a descriptor of its own: ``mmap`` keeps a duplicate of
+        the descriptor it maps, and a duplicate of the locked one would hold
+        the ``flock`` for as long as the mapping lives.
+        """
+        if self._generation is None:
+            return
+        lock_path = self._lock_path()
+        try:
+            info = os.stat(lock_path, follow_symlinks=False)
+            if (info.st_dev, info.st_ino) == self._mapped:
+                return
+            fd = os.open(lock_path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return  # gone for now: the old mapping serves until a writer makes one
+        try:
+            self._generation, self._mapped = self._map(fd, lock_path)
+            self._seen = None  # read the file again under the new generation
+        except SessionKeyError:
+            pass  # not a regular file: keep the old mapping
+        finally:
+            os.close(fd)
+
+
+def _bumped(generation: mmap.mmap) -> None:
+    """Add one to the 8-byte generation counter (the caller holds the lock)."""
+    value = (int.from_bytes(generation[:_GENERATION_BYTES], "little") + 1) % (1 << 64)
+    generation[:_GENERATION_BYTES] = value.to_bytes(_GENERATION_BYTES, "little")
 
 
 # --- sessions -----------------------------------------------------------------------

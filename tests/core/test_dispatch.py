@@ -9,6 +9,7 @@ and any path, before or after it learnt a shortcut; and what follows routing
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -17,6 +18,7 @@ from aiohttp.test_utils import make_mocked_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from enforcer.agent_api import ROUTES
 from enforcer.dispatch import Dispatch
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -144,6 +146,19 @@ def test_an_application_with_middlewares_or_not_started_is_refused() -> None:
     with_middleware.freeze()
     with pytest.raises(ValueError, match="without middlewares"):
         Dispatch(with_middleware)
+    # Found in review: a sub-application's middlewares, its request.app and a
+    # domain's dependence on Host are _handle's business; such an app is refused.
+    for mount in ("prefix", "domain"):
+        root, sub = web.Application(), web.Application(middlewares=[passthrough])
+        sub.router.add_get("/secret", _named("secret"))
+        if mount == "prefix":
+            root.add_subapp("/admin", sub)
+        else:
+            root.add_domain("admin.example", sub)
+        root.freeze()
+        assert not Dispatch.serves(root)
+        with pytest.raises(ValueError, match="sub-applications"):
+            Dispatch(root)
     with pytest.raises(ValueError, match="frozen"):
         Dispatch(web.Application())
 
@@ -182,5 +197,96 @@ def test_a_request_no_route_can_place_goes_to_unrouted_and_nothing_else_does() -
             ours = await _answer(dispatch, method, path, {}, app)
             assert ours == await _answer(app._handle, method, path, {}, app)
         assert seen == ["OPTIONS", "CONNECT"]
+
+    asyncio.run(check())
+
+
+# --- on the wire: aiohttp's real parser, the agent surface's real route shapes ---------
+
+
+def _agent_shaped_app() -> web.Application:
+    """The agent surface's routes (enforcer.agent_api.ROUTES) and its catch-all, named."""
+    app = web.Application()
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, _named(f"{route.method} {route.path}"))
+    app.router.add_route("*", "/{_unmatched:.*}", _named("fallback"))
+    app.freeze()
+    return app
+
+
+async def _exchange(path: str, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_unix_connection(path)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(1 << 16), 5)
+    finally:
+        writer.close()
+
+
+def _without_date(answer: bytes) -> bytes:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    kept = [line for line in head.split(b"\r\n") if not line.lower().startswith(b"date:")]
+    return b"\r\n".join(kept) + b"\r\n\r\n" + body
+
+
+WIRE_METHODS = st.sampled_from(
+    ["GET", "POST", "PUT", "HEAD", "OPTIONS", "DELETE", "get", "Get", "BREW", "M" * 300]
+)
+WIRE_SEGMENTS = st.sampled_from(
+    ["v1", "whoami", "questions", "approvals", "messages", "status", "state", "", "x",
+     "%76%31", "who%61mi", "%2F", "%2f", "%25", "..", ".", "%2e", "%2E%2E", "WHOAMI", "a;b"]
+)  # fmt: skip
+
+
+@st.composite
+def wire_targets(draw: st.DrawFn) -> str:
+    """Request targets near the agent routes: theirs, encoded, dotted, absolute-form."""
+    known = st.sampled_from(["/v1/whoami", "/v1/state", "/v1/questions", "/v1/status"])
+    made = st.lists(WIRE_SEGMENTS, min_size=1, max_size=4).map(lambda p: "/" + "/".join(p))
+    target: str = draw(st.one_of(known, made))
+    if draw(st.booleans()):
+        target += draw(st.sampled_from(["/", "?q=1", "#f", "//", "%2F", "?"]))
+    if draw(st.booleans()):
+        target = draw(st.sampled_from(["http://h", "http://h:1"])) + target
+    return target
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    requests=st.lists(
+        st.tuples(WIRE_METHODS, wire_targets(), st.booleans()), min_size=1, max_size=6
+    )
+)
+def test_on_the_wire_dispatch_answers_every_request_as_application_handle(
+    requests: list[tuple[str, str, bool]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Property: behind aiohttp's parser, on the agent routes, the same bytes come back."""
+    base = tmp_path_factory.mktemp("dispatch")
+
+    async def check() -> None:
+        app = _agent_shaped_app()
+        servers: list[asyncio.Server] = []
+        paths = [str(base / "dispatch.sock"), str(base / "handle.sock")]
+        handlers: list[Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]] = [
+            Dispatch(app),
+            app._handle,  # type: ignore[list-item]  # it takes the web.Request the factory makes
+        ]
+        for handler, path in zip(handlers, paths, strict=True):
+            web_server = web.Server(handler, request_factory=app._make_request)
+            servers.append(await asyncio.get_running_loop().create_unix_server(web_server, path))
+        try:
+            for method, target, expect in requests + requests:  # learning, then learnt
+                extra = b"Expect: 100-continue\r\nContent-Length: 0\r\n" if expect else b""
+                data = f"{method} {target} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n".encode()
+                data += extra + b"\r\n"
+                ours, theirs = [_without_date(await _exchange(p, data)) for p in paths]
+                assert ours == theirs, (method, target, expect)
+        finally:
+            for listening in servers:
+                listening.close()
+                await listening.wait_closed()
+            for path in paths:
+                os.unlink(path)
 
     asyncio.run(check())

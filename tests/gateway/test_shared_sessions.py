@@ -12,12 +12,14 @@ request; tampered and expired cookies are refused by both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import shutil
 import signal
 import socket
 import stat
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +38,7 @@ from enforcer.sessions import (
     load_or_create_key,
     load_or_create_token,
 )
+from tests.conftest import require_root
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -268,6 +271,79 @@ def test_a_revocation_lock_that_is_not_a_regular_file_is_refused(
         lock.mkdir()
     with pytest.raises(SessionKeyError, match="revocation lock"):
         Revocations(gateway_dir / REVOKED_FILE)
+
+
+@pytest.fixture
+def full_disk() -> Iterator[Path]:
+    """A 512 KiB tmpfs of its own (root), unmounted afterwards."""
+    require_root()
+    mount = Path(tempfile.mkdtemp(prefix="hbs-fs-", dir="/tmp"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        if subprocess.run(["umount", str(mount)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], check=False)
+        shutil.rmtree(mount, ignore_errors=True)
+
+
+def _fill(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for chunk in (b"\0" * 4096, b"\0"):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, chunk)
+    finally:
+        os.close(fd)
+
+
+def test_a_logout_is_seen_by_every_worker_even_when_compaction_fails(full_disk: Path) -> None:
+    # Found in review: the generation was bumped only after compacting, so a
+    # compaction that failed (a full disk) hid the appended record from every
+    # other worker, and every later logout compacted, and failed, again.
+    gateway_dir = full_disk / "gateway"
+    gateway_dir.mkdir(mode=0o700)
+    path = gateway_dir / REVOKED_FILE
+    writer, reader = Revocations(path), Revocations(path)
+    live = int(time.time()) + 3600
+    for i in range(4097):  # past 64 KiB of live records: every further add compacts
+        writer.add(i.to_bytes(12, "big"), live)
+    _fill(full_disk / "filler")
+    logged_out = b"L" * 12
+    writer.add(logged_out, live)  # appended (the page has room); compaction fails: not an error
+    try:
+        assert path.stat().st_size == 4098 * 16
+        assert logged_out in reader
+        assert not [p for p in gateway_dir.iterdir() if p.name.startswith(".")]  # no temp left
+    finally:
+        for r in (writer, reader):  # unmapped, so that the tmpfs can be unmounted
+            if r._generation is not None:
+                r._generation.close()
+                r._generation = None
+
+
+def test_workers_agree_after_the_lock_file_was_removed_by_hand(gateway_dir: Path) -> None:
+    # Found in review: each process maps the lock file once; removed while the
+    # gateway runs, old and new workers bumped different counters.
+    gateway_dir.mkdir(mode=0o700)
+    path = gateway_dir / REVOKED_FILE
+    clock = FakeClock(time.time())
+    old_worker = Revocations(path, clock=clock)
+    (gateway_dir / (REVOKED_FILE + ".lock")).unlink()
+    new_worker = Revocations(path, clock=clock)
+    first, second = b"1" * 12, b"2" * 12
+    old_worker.add(first, int(clock.now) + 3600)  # the writer finds the new lock file
+    assert first in new_worker
+    new_worker.add(second, int(clock.now) + 3600)
+    assert second in old_worker  # it follows the new lock file since its logout
+    third = b"3" * 12
+    other_old = Revocations(path, clock=clock)
+    (gateway_dir / (REVOKED_FILE + ".lock")).unlink()
+    newest = Revocations(path, clock=clock)
+    newest.add(third, int(clock.now) + 3600)
+    clock.now += 61  # a reader that wrote nothing looks again within a minute
+    assert third in other_old
 
 
 # --- two real gateway processes on one state directory --------------------------------------
