@@ -9,8 +9,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import secrets
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -61,6 +65,36 @@ def require_root() -> None:
     """Skip (a failure in CI) unless running as root."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
+
+
+@contextlib.contextmanager
+def tmpfs(size: str, prefix: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``"2m"``) of the caller's own (root), unmounted and removed after."""
+    require_root()
+    mount = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "hbtest", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        if subprocess.run(["umount", str(mount)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], check=False)
+        with contextlib.suppress(OSError):
+            mount.rmdir()
+
+
+def fill(disk: Path) -> Path:
+    """Take every free block of ``disk``; returns the filler (remove it to give space back)."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+    finally:
+        os.close(fd)
+    return filler
 
 
 def wait_until(what: str, ready: Callable[[], object], timeout: float = 15.0) -> None:

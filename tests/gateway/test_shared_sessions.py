@@ -12,14 +12,12 @@ request; tampered and expired cookies are refused by both.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import multiprocessing
 import os
 import shutil
 import signal
 import socket
 import stat
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +36,7 @@ from enforcer.sessions import (
     load_or_create_key,
     load_or_create_token,
 )
-from tests.conftest import require_root
+from tests.conftest import fill, tmpfs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -275,27 +273,9 @@ def test_a_revocation_lock_that_is_not_a_regular_file_is_refused(
 
 @pytest.fixture
 def full_disk() -> Iterator[Path]:
-    """A 512 KiB tmpfs of its own (root), unmounted afterwards."""
-    require_root()
-    mount = Path(tempfile.mkdtemp(prefix="hbs-fs-", dir="/tmp"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], check=True)
-    try:
+    """A 512 KiB tmpfs of its own (root)."""
+    with tmpfs("512k", "hbs-fs-") as mount:
         yield mount
-    finally:
-        if subprocess.run(["umount", str(mount)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount)], check=False)
-        shutil.rmtree(mount, ignore_errors=True)
-
-
-def _fill(path: Path) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for chunk in (b"\0" * 4096, b"\0"):
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(fd, chunk)
-    finally:
-        os.close(fd)
 
 
 def test_a_logout_is_seen_by_every_worker_even_when_compaction_fails(full_disk: Path) -> None:
@@ -309,7 +289,7 @@ def test_a_logout_is_seen_by_every_worker_even_when_compaction_fails(full_disk: 
     live = int(time.time()) + 3600
     for i in range(4097):  # past 64 KiB of live records: every further add compacts
         writer.add(i.to_bytes(12, "big"), live)
-    _fill(full_disk / "filler")
+    fill(full_disk)
     logged_out = b"L" * 12
     writer.add(logged_out, live)  # appended (the page has room); compaction fails: not an error
     try:

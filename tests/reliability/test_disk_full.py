@@ -9,49 +9,23 @@ in ``finally``) and fills it with a file of its own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import json
 import os
 import sqlite3
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bench.load import Daemons, RawConn
-from tests.conftest import require_root
+from tests.conftest import fill, tmpfs
 
 
 @pytest.fixture
 def small_disk() -> Iterator[Path]:
     """A 2 MiB tmpfs of this test's own."""
-    require_root()
-    mnt = Path(tempfile.mkdtemp(prefix="hbd-", dir="/tmp"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "hbtest", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-        with contextlib.suppress(OSError):
-            mnt.rmdir()
-
-
-def fill(disk: Path) -> Path:
-    """Take every free byte of ``disk``; returns the filler (remove it to give space back)."""
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as e:
-        if e.errno != errno.ENOSPC:
-            raise
-    finally:
-        os.close(fd)
-    return filler
+    with tmpfs("2m", "hbd-") as mount:
+        yield mount
 
 
 async def _register(d: Daemons, name: str) -> None:
