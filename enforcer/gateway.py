@@ -186,6 +186,7 @@ from enforcer.sessions import (
     CSRF_HEADER,
     OperatorToken,
     Session,
+    SessionKeyError,
     SessionStore,
     TokenFileError,
     cookie_name,
@@ -316,13 +317,13 @@ _TITLES = {
     413: "Request too large",
     414: "Address too long",
     502: "The agent's web UI is not answering",
-    503: "The core is unavailable",
+    503: "Unavailable",
     504: "Timed out",
 }
 # 5xx reasons are fixed words: nothing from inside ever reaches the client.
 _SERVER_REASONS = {
     502: "The upstream did not answer properly. Try again in a moment.",
-    503: "The core service is not reachable right now. Try again in a moment.",
+    503: "This is not available right now (the gateway's log says why). Try again in a moment.",
     504: "The upstream took too long to answer.",
 }
 
@@ -882,12 +883,22 @@ async def _login(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(0.2)  # a little friction for guessers; the token is 256 bits anyway
         return _page("Log in", _login_form(next_target, "That token is not right."), status=401)
     store = request.app[SESSIONS]
-    store.revoke(request.get(_SESSION_ID))  # a login over an old cookie replaces it
+    _revoke(request)  # a login over an old cookie replaces it
     session_id, session = store.create()
     _log.info("login.ok", request_id=request.get(authz.REQUEST_ID))
     response = _see_other(next_target)
     _set_cookies(response, config, session_id, session)
     return response
+
+
+def _revoke(request: web.Request) -> None:
+    """End the request's session for every worker, or answer 503 (logged) if that cannot be."""
+    try:
+        request.app[SESSIONS].revoke(request.get(_SESSION_ID))
+    except SessionKeyError as e:
+        # This worker refuses the session already; the others would not: say so.
+        _log.error("session.revoke_failed", error=str(e), request_id=request.get(authz.REQUEST_ID))
+        raise Unavailable("the logout could not be recorded: see the gateway's log") from e
 
 
 def _see_other(location: str) -> web.Response:
@@ -907,7 +918,7 @@ def _set_cookies(
 async def _logout(request: web.Request) -> web.StreamResponse:
     await _require_csrf(request)
     config = request.app[CONFIG]
-    request.app[SESSIONS].revoke(request.get(_SESSION_ID))
+    _revoke(request)
     _log.info("logout", request_id=request.get(authz.REQUEST_ID))
     response = _see_other("/login")
     tls = _tls(config)

@@ -398,10 +398,9 @@ class Revocations:
         self._purged_at = 0.0
         if path is not None:
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+                os.close(self._open_file())
             except OSError as e:
                 raise SessionKeyError(f"{path}: cannot open the revocation file: {e}") from e
-            os.close(fd)
             lock_path = self._lock_path()
             try:
                 fd = os.open(
@@ -436,16 +435,45 @@ class Revocations:
         return handle in self._known
 
     def add(self, handle: bytes, expires: int) -> None:
-        """Record an ended session (visible to every reader once this returns)."""
+        """Record an ended session (visible to every reader once this returns).
+
+        :class:`SessionKeyError` when it cannot be recorded for the others
+        (this store refuses the session all the same).
+        """
         self._known[handle] = expires
         if self._path is None or self._generation is None:
             return
-        record = handle + expires.to_bytes(4, "big")
+        try:
+            self._append(handle + expires.to_bytes(4, "big"))
+        except OSError as e:
+            raise SessionKeyError(f"{self._path}: the logout could not be recorded: {e}") from e
+
+    def _open_file(self) -> int:
+        """The revocation file for appending; a regular file only, never a wait."""
+        assert self._path is not None
+        # O_NONBLOCK: a FIFO in its place must not hang the worker (with the lock held).
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK
+        fd = os.open(self._path, flags, 0o600)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(f"{self._path}: not a regular file")
+        return fd
+
+    def _append(self, record: bytes) -> None:
         with self._locked() as lock_fd:
-            fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+            fd = self._open_file()
             try:
-                os.write(fd, record)
                 size = os.fstat(fd).st_size
+                if size % _RECORD_BYTES:
+                    # A torn record at the end (a write cut short before): every
+                    # record after it would be read misaligned. Gone, under the lock.
+                    size -= size % _RECORD_BYTES
+                    os.ftruncate(fd, size)
+                written = os.write(fd, record)
+                if written != len(record):
+                    os.ftruncate(fd, size)
+                    raise OSError(f"only {written} of {len(record)} bytes were written")
+                size += written
             finally:
                 os.close(fd)
             # Straight after the append: a reader that sees the new generation
@@ -534,9 +562,13 @@ class Revocations:
                 del self._known[handle]
             self._follow_lock()  # first: a new mapping is read from at once
         generation = self._generation
-        if generation is not None:
-            now_at = generation[:_GENERATION_BYTES]
-            if now_at != self._seen:
+        if generation is not None and generation[:_GENERATION_BYTES] != self._seen:
+            # A logout: a writer that found the lock file replaced bumped the
+            # old one once and the new one from then on - follow it now.
+            self._follow_lock()
+            generation = self._generation
+            if generation is not None:
+                now_at = generation[:_GENERATION_BYTES]
                 try:
                     self._known.update(self._parse(self._read()))
                 except OSError:

@@ -131,6 +131,32 @@ async def test_logout_needs_the_csrf_token(stack: Stack) -> None:
             assert resp.status == 200
 
 
+async def test_a_logout_that_cannot_be_recorded_is_a_clear_503_not_a_500(stack: Stack) -> None:
+    # Found in review: with revoked.lock made a directory under a running
+    # gateway, the logout raised an OSError: a 500 page and a traceback.
+    lock = stack.state_dir / "gateway" / "revoked.lock"
+    async with stack.client() as client:
+        csrf = await stack.login(client)
+        lock.unlink()
+        lock.mkdir()
+        try:
+            async with client.post(
+                stack.url("/logout"),
+                headers={"Origin": stack.origin, "X-CSRF-Token": csrf},
+                allow_redirects=False,
+            ) as resp:
+                assert resp.status == 503
+                page = await resp.text()
+                assert "not available right now" in page  # fixed words for a 5xx page
+                assert "Traceback" not in page
+                assert "revoked.lock" not in page
+            # This worker refuses the session all the same.
+            async with client.get(stack.url("/api/agents")) as resp:
+                assert resp.status == 401
+        finally:
+            lock.rmdir()
+
+
 async def test_a_session_expires() -> None:
     async with Stack(gateway={"session_ttl_seconds": 1}) as stack, stack.client() as client:
         await stack.login(client)

@@ -12,8 +12,10 @@ request; tampered and expired cookies are refused by both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -324,6 +326,110 @@ def test_workers_agree_after_the_lock_file_was_removed_by_hand(gateway_dir: Path
     newest.add(third, int(clock.now) + 3600)
     clock.now += 61  # a reader that wrote nothing looks again within a minute
     assert third in other_old
+
+
+def _start_then_add(path: str, fifo: bool) -> None:
+    """A worker that started on a regular file, then finds a FIFO in its place at a logout."""
+    revocations_path = Path(path)
+    if fifo:
+        with contextlib.suppress(SessionKeyError):
+            Revocations(revocations_path)  # refused at start: not a regular file
+        return
+    revocations = Revocations(revocations_path)
+    revocations_path.unlink()
+    os.mkfifo(revocations_path, 0o600)
+    with contextlib.suppress(SessionKeyError):
+        revocations.add(b"x" * 12, int(time.time()) + 60)
+
+
+@pytest.mark.parametrize("when", ["at start", "at a logout"])
+def test_a_fifo_in_place_of_the_revocation_file_is_refused_not_waited_on(
+    gateway_dir: Path, when: str
+) -> None:
+    # Found in review: open(2) of a FIFO for writing waits for a reader - at a
+    # logout, with the lock held, so every worker's next logout waited too.
+    gateway_dir.mkdir(mode=0o700)
+    path = gateway_dir / REVOKED_FILE
+    if when == "at start":
+        os.mkfifo(path, 0o600)
+    child = multiprocessing.get_context("spawn").Process(
+        target=_start_then_add, args=(str(path), when == "at start")
+    )
+    child.start()
+    child.join(20)
+    hung = child.exitcode is None
+    if hung:
+        child.kill()
+        child.join()
+    assert not hung
+    assert child.exitcode == 0
+
+
+def _add_past_the_file_size_limit(path: str) -> None:
+    revocations = Revocations(Path(path))
+    limit = os.stat(path).st_size + 8  # half of the next record fits
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    with contextlib.suppress(SessionKeyError):
+        revocations.add(b"S" * 12, int(time.time()) + 3600)
+
+
+def test_a_record_cut_short_does_not_hide_the_logouts_after_it(gateway_dir: Path) -> None:
+    # Found in review: a short write went unnoticed and left half a record,
+    # so every later record was read misaligned, by every worker, for good.
+    gateway_dir.mkdir(mode=0o700)
+    path = gateway_dir / REVOKED_FILE
+    writer = Revocations(path)
+    writer.add(b"A" * 12, int(time.time()) + 3600)
+    child = multiprocessing.get_context("spawn").Process(
+        target=_add_past_the_file_size_limit, args=(str(path),)
+    )
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    assert path.stat().st_size % 16 == 0  # the cut record taken back
+    with path.open("ab") as f:
+        f.write(b"half a re")  # and one a crash left behind
+    later = b"L" * 12
+    writer.add(later, int(time.time()) + 3600)
+    other = Revocations(path)
+    assert later in other
+    assert b"A" * 12 in other
+
+
+@pytest.mark.parametrize("kind", ["symlink", "directory"])
+def test_a_lock_file_broken_while_running_is_a_session_key_error(
+    gateway_dir: Path, kind: str
+) -> None:
+    # Found in review: an OSError escaped from add(), and the logout route
+    # answered a 500 with a traceback in the log (tests/gateway/test_sessions.py).
+    gateway_dir.mkdir(mode=0o700)
+    revocations = Revocations(gateway_dir / REVOKED_FILE)
+    lock = gateway_dir / (REVOKED_FILE + ".lock")
+    lock.unlink()
+    if kind == "symlink":
+        (gateway_dir / "elsewhere").write_bytes(b"\0" * 8)
+        lock.symlink_to(gateway_dir / "elsewhere")
+    else:
+        lock.mkdir()
+    with pytest.raises(SessionKeyError, match="could not be recorded"):
+        revocations.add(b"z" * 12, int(time.time()) + 60)
+    assert b"z" * 12 in revocations  # this worker refuses the session all the same
+
+
+def test_after_the_lock_file_was_replaced_every_later_logout_reaches_an_old_reader(
+    gateway_dir: Path,
+) -> None:
+    # Found in review: the writer bumped the old counter only once, so an old
+    # reader saw the first logout at once and the later ones a minute late.
+    gateway_dir.mkdir(mode=0o700)
+    path = gateway_dir / REVOKED_FILE
+    clock = FakeClock(time.time())
+    reader = Revocations(path, clock=clock)
+    writer = Revocations(path, clock=clock)
+    (gateway_dir / (REVOKED_FILE + ".lock")).unlink()
+    for handle in (b"1" * 12, b"2" * 12, b"3" * 12):
+        writer.add(handle, int(clock.now) + 3600)
+        assert handle in reader
 
 
 # --- two real gateway processes on one state directory --------------------------------------
