@@ -17,7 +17,9 @@ plain 404.
 Why that is the same answer: the router is frozen once the application
 starts, and a plain resource matches on exactly the method and the decoded
 path (``rel_url.path_safe``) the router walks with, so the router gives the
-same route for the same (method, path) every time. The table is learnt from
+same route for the same (method, path) every time - and the same match
+info, empty, which is why a learnt route's one match info (read-only) serves
+all its requests. The table is learnt from
 the router's own answers, never worked out beside it: a key becomes a
 shortcut only after the router resolved a real request with it to that
 route, and only keys of registered plain routes are ever looked up twice
@@ -29,9 +31,10 @@ an ``Expect`` header given to the route's expect handler, then the handler.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import cast
+from typing import NoReturn, cast
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
 from aiohttp.web_urldispatcher import (
     MatchedSubAppResource,
     PlainResource,
@@ -68,8 +71,9 @@ class Dispatch:
             for route in app.router.routes()
             if isinstance(route.resource, PlainResource) and route.method != hdrs.METH_ANY
         )
-        # (method, path) -> the route the router resolved it to (confirmed).
-        self._routes: dict[tuple[str, str], web.AbstractRoute] = {}
+        # (method, path) -> the handler of the route the router resolved it to
+        # (confirmed) and that route's one match info, shared and read-only.
+        self._routes: dict[tuple[str, str], tuple[Handler, _PlainMatch]] = {}
 
     @staticmethod
     def serves(app: web.Application) -> bool:
@@ -89,9 +93,15 @@ class Dispatch:
         # The application's request factory makes a web.Request (as for _handle).
         request = cast(web.Request, base)
         key = (request.method, request.rel_url.path_safe)
-        route = self._routes.get(key)
-        if route is not None:
-            return await self._run(UrlMappingMatchInfo({}, route), request)
+        learnt = self._routes.get(key)
+        if learnt is not None:
+            handler, shared = learnt
+            request._match_info = shared
+            if request.headers.get(hdrs.EXPECT):
+                answer = await self._expect(shared, request)
+                if answer is not None:
+                    return answer
+            return await handler(request)
         match_info = await self._app.router.resolve(request)
         if not isinstance(match_info, UrlMappingMatchInfo):  # not aiohttp's router: its way
             return await self._handle(request)
@@ -103,19 +113,49 @@ class Dispatch:
         if key in self._candidates:
             route = match_info.route
             if isinstance(route.resource, PlainResource) and route.method == key[0]:
-                self._routes[key] = route
-        return await self._run(match_info, request)
-
-    async def _run(
-        self, match_info: UrlMappingMatchInfo, request: web.Request
-    ) -> web.StreamResponse:
+                one = _PlainMatch(route)
+                one.add_app(self._app)
+                one.freeze()
+                self._routes[key] = (route.handler, one)
         # Application._handle's tail, for an application without middlewares.
         match_info.add_app(self._app)
         match_info.freeze()
         request._match_info = match_info
         if request.headers.get(hdrs.EXPECT):
-            answer = await match_info.expect_handler(request)
-            await request.writer.drain()
+            answer = await self._expect(match_info, request)
             if answer is not None:
                 return answer
         return await match_info.handler(request)
+
+    @staticmethod
+    async def _expect(
+        match_info: UrlMappingMatchInfo, request: web.Request
+    ) -> web.StreamResponse | None:
+        answer = await match_info.expect_handler(request)
+        await request.writer.drain()
+        return answer
+
+
+class _PlainMatch(UrlMappingMatchInfo):
+    """A plain route's match info, one for all its requests: nothing in it can change.
+
+    A plain route matches no variable part, so every request of it has the
+    same match info; sharing one saves making it per request. Read-only, so
+    that no request can leave anything in it for the next: a write raises.
+    """
+
+    def __init__(self, route: web.AbstractRoute) -> None:
+        super().__init__({}, route)
+
+    def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("a plain route's match info is shared: it cannot change")
+
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _read_only
+
+    @property
+    def current_app(self) -> web.Application:
+        return super().current_app
+
+    @current_app.setter
+    def current_app(self, app: web.Application) -> None:
+        self._read_only(app)

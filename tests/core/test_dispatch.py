@@ -290,3 +290,27 @@ def test_on_the_wire_dispatch_answers_every_request_as_application_handle(
                 os.unlink(path)
 
     asyncio.run(check())
+
+
+def test_a_learnt_routes_shared_match_info_cannot_carry_anything_to_the_next_request() -> None:
+    async def check() -> None:
+        app = _app()
+        dispatch = Dispatch(app)
+        seen = []
+        for _ in range(3):
+            request = make_mocked_request("GET", "/v1/whoami", app=app)
+            assert (await dispatch(request)).status == 200
+            seen.append(request.match_info)
+        shared = seen[-1]
+        assert seen[1] is shared  # learnt: one for all requests of the route
+        assert dict(shared) == {}
+        assert shared.current_app is app
+        with pytest.raises(TypeError, match="shared"):
+            shared["x"] = "left behind"
+        with pytest.raises(TypeError, match="shared"):
+            shared.update(x="left behind")
+        with pytest.raises(TypeError, match="shared"):
+            shared.current_app = web.Application()
+        assert dict(shared) == {}
+
+    asyncio.run(check())
