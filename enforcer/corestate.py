@@ -104,9 +104,12 @@ class DecisionRing:
     the one whose last decision is the oldest is forgotten to make room.
 
     :meth:`append` is the enforcers' decision sink, on the path of every
-    request: one dict lookup, one ``move_to_end`` and one deque append (the
-    rings are made, resized and dropped only when a principal comes or goes).
-    Reads merge the rings by sequence number (the order decisions were made).
+    request: one dict lookup and one append to a bounded deque, which drops
+    its oldest entry itself (the rings are made, resized and dropped only
+    when a principal comes or goes). The least recently active principal is
+    the one whose newest entry has the lowest sequence number, found only
+    when one must go. Reads merge the rings by sequence number (the order
+    decisions were made).
     """
 
     __slots__ = ("_budget", "_cap", "_max_principals", "_min", "_per_principal", "_rings", "_seq")
@@ -121,38 +124,31 @@ class DecisionRing:
         self._min = min_per_principal
         self._max_principals = budget // min_per_principal
         self._cap = per_principal
-        # Principal -> its ring, least recently active first (evicted first).
-        self._rings: collections.OrderedDict[str, collections.deque[_Entry]] = (
-            collections.OrderedDict()
-        )
+        # Principal -> its ring (a deque bounded at the cap: appending drops the oldest).
+        self._rings: dict[str, collections.deque[_Entry]] = {}
         self._seq = itertools.count()
 
     def append(self, item: tuple[Mapping[str, Any], str]) -> None:
         """Record one decision: ``(its fields without the request id, the request id)``."""
         event, rid = item
-        principal = event["principal"]
-        ring = self._rings.get(principal)
+        ring = self._rings.get(event["principal"])
         if ring is None:
-            ring = self._add(principal)
-        else:
-            self._rings.move_to_end(principal)
+            ring = self._add(event["principal"])
         ring.append((next(self._seq), event, rid))
-        if len(ring) > self._cap:
-            ring.popleft()
 
     def _add(self, principal: str) -> collections.deque[_Entry]:
         rings = self._rings
         if len(rings) >= self._max_principals:
-            rings.popitem(last=False)  # the least recently active principal
-        ring: collections.deque[_Entry] = collections.deque()
-        rings[principal] = ring
-        cap = max(self._min, min(self._per_principal, self._budget // len(rings)))
+            # The least recently active principal: its newest decision is the oldest.
+            del rings[min(rings, key=lambda p: rings[p][-1][0] if rings[p] else -1)]
+        cap = max(self._min, min(self._per_principal, self._budget // (len(rings) + 1)))
         if cap < self._cap:
-            # Fewer per principal now: trim every ring, so the budget holds at once.
-            for other in rings.values():
-                while len(other) > cap:
-                    other.popleft()
+            # Fewer per principal now: every ring is cut to its newest ``cap``, so
+            # the budget holds at once, and bounded at ``cap`` from now on.
+            for other, ring in rings.items():
+                rings[other] = collections.deque(ring, maxlen=cap)
         self._cap = cap
+        ring = rings[principal] = collections.deque(maxlen=cap)
         return ring
 
     @property

@@ -93,3 +93,16 @@ def test_a_flood_of_one_principal_leaves_the_others_whole() -> None:
     _play(ring, ["operator"] * 5 + ["agent:beta"] * 3 + ["agent:alpha"] * 100_000)
     kept = Counter(d["principal"] for d in ring.all())
     assert kept == {"operator": 5, "agent:beta": 3, "agent:alpha": 1000}
+
+
+@given(
+    st.lists(st.integers(0, 2 * MAX_PRINCIPALS - 1), min_size=2 * MAX_PRINCIPALS, max_size=120).map(
+        lambda who: [f"agent:p{w}" for w in who]
+    )
+)
+def test_past_the_most_principals_the_least_recently_active_goes(principals: list[str]) -> None:
+    ring = _ring()
+    _play(ring, principals)
+    last_active = {who: i for i, who in enumerate(principals)}
+    most_recent = sorted(last_active, key=last_active.__getitem__)[-MAX_PRINCIPALS:]
+    assert {d["principal"] for d in ring.all()} == set(most_recent)
