@@ -219,7 +219,7 @@ async def _exchange(path: str, data: bytes) -> bytes:
     try:
         writer.write(data)
         await writer.drain()
-        return await asyncio.wait_for(reader.read(1 << 16), 5)
+        return await asyncio.wait_for(reader.read(), 5)  # to the close: the whole answer
     finally:
         writer.close()
 
