@@ -514,12 +514,14 @@ class Enforcer:
 
     # --- per request ------------------------------------------------------------
 
-    def _admit(self, request: web.Request) -> str | Awaitable[str]:
-        """Guard, principal, raw path: the checks every request passes before routing matters."""
+    def _admit(self, request: web.Request, raw_path: str) -> str | Awaitable[str]:
+        """Guard, principal, raw path: the checks every request passes before routing matters.
+
+        ``raw_path``: ``request.raw_path``, read once by the caller, which needs it too.
+        """
         if self._guard is not None:
             self._guard(request)
         found = self._principal_of(request)
-        raw_path = request.raw_path
         if raw_path not in self._accepted:
             self._accept(raw_path)
         return found
@@ -587,8 +589,8 @@ class Enforcer:
             try:
                 # One copy of the admission checks for every request (an inlined
                 # copy here saved nothing measurable, twice, and could drift).
-                found = self._admit(request)
                 raw_path = request.raw_path
+                found = self._admit(request, raw_path)
                 principal = found if isinstance(found, str) else await found
             except HiveError as e:
                 return self._refused(e, request_id)
@@ -630,7 +632,7 @@ class Enforcer:
         request_id = new_request_id()
         request[REQUEST_ID] = request_id
         try:
-            found = self._admit(request)
+            found = self._admit(request, request.raw_path)
             request[PRINCIPAL] = found if isinstance(found, str) else await found
         except HiveError as e:
             return self._refused(e, request_id)
