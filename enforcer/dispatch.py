@@ -144,13 +144,15 @@ class _PlainMatch(UrlMappingMatchInfo):
     that no request can leave anything in it for the next: a write raises.
     """
 
+    __slots__ = ()  # no attribute can be left on it either
+
     def __init__(self, route: web.AbstractRoute) -> None:
         super().__init__({}, route)
 
     def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
         raise TypeError("a plain route's match info is shared: it cannot change")
 
-    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _read_only
+    __setitem__ = __delitem__ = __ior__ = update = pop = popitem = clear = setdefault = _read_only
 
     @property
     def current_app(self) -> web.Application:

@@ -311,6 +311,11 @@ def test_a_learnt_routes_shared_match_info_cannot_carry_anything_to_the_next_req
             shared.update(x="left behind")
         with pytest.raises(TypeError, match="shared"):
             shared.current_app = web.Application()
+        with pytest.raises(TypeError, match="shared"):
+            shared |= {"x": "left behind"}  # found in review: dict's own |= bypassed update
+        with pytest.raises(AttributeError):
+            shared.note = "left behind"  # type: ignore[attr-defined]  # and an attribute
         assert dict(shared) == {}
+        assert not hasattr(shared, "note")
 
     asyncio.run(check())
