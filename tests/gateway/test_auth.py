@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import stat
 from http.cookies import SimpleCookie
 
+import aiohttp
 import pytest
 from yarl import URL
 
@@ -95,14 +97,21 @@ async def test_login_never_redirects_off_site(stack: Stack) -> None:
                 assert resp.headers["Location"] == "/"
 
 
+def _logout(
+    stack: Stack, client: aiohttp.ClientSession, csrf: str
+) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
+    """``POST /logout`` as the operator's page sends it (same origin, CSRF token)."""
+    return client.post(
+        stack.url("/logout"),
+        headers={"Origin": stack.origin, "X-CSRF-Token": csrf},
+        allow_redirects=False,
+    )
+
+
 async def test_logout_ends_the_session(stack: Stack) -> None:
     async with stack.client() as client:
         csrf = await stack.login(client)
-        async with client.post(
-            stack.url("/logout"),
-            headers={"Origin": stack.origin, "X-CSRF-Token": csrf},
-            allow_redirects=False,
-        ) as resp:
+        async with _logout(stack, client, csrf) as resp:
             assert resp.status == 303
         async with client.get(stack.url("/api/agents")) as resp:
             assert resp.status == 401
@@ -140,11 +149,7 @@ async def test_a_logout_that_cannot_be_recorded_is_a_clear_503_not_a_500(stack: 
         lock.unlink()
         lock.mkdir()
         try:
-            async with client.post(
-                stack.url("/logout"),
-                headers={"Origin": stack.origin, "X-CSRF-Token": csrf},
-                allow_redirects=False,
-            ) as resp:
+            async with _logout(stack, client, csrf) as resp:
                 assert resp.status == 503
                 page = await resp.text()
                 assert "not available right now" in page  # fixed words for a 5xx page
