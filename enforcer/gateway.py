@@ -898,7 +898,7 @@ def _revoke(request: web.Request) -> None:
     except SessionKeyError as e:
         # This worker refuses the session already; the others would not: say so.
         _log.error("session.revoke_failed", error=str(e), request_id=request.get(authz.REQUEST_ID))
-        raise Unavailable("the logout could not be recorded: see the gateway's log") from e
+        raise Unavailable("the session's end could not be recorded: see the gateway's log") from e
 
 
 def _see_other(location: str) -> web.Response:

@@ -446,7 +446,9 @@ class Revocations:
         try:
             self._append(handle + expires.to_bytes(4, "big"))
         except OSError as e:
-            raise SessionKeyError(f"{self._path}: the logout could not be recorded: {e}") from e
+            raise SessionKeyError(
+                f"{self._path}: a session's end could not be recorded: {e}"
+            ) from e
 
     def _open_file(self) -> int:
         """The revocation file for appending; a regular file only, never a wait."""

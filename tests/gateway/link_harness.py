@@ -55,6 +55,20 @@ class ScriptCore:
         return head
 
 
+def always(answer: bytes) -> Script:
+    """A core script that gives ``answer``, as it is, to every request on the connection."""
+
+    async def script(
+        core: ScriptCore, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        while True:
+            await core.head(reader)
+            writer.write(answer)
+            await writer.drain()
+
+    return script
+
+
 def path_of(head: bytes) -> bytes:
     return head.split(b" ", 2)[1].split(b"?")[0]
 

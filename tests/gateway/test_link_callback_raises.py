@@ -16,7 +16,7 @@ import asyncio
 
 import pytest
 
-from tests.gateway.link_harness import ScriptCore, get, stacks
+from tests.gateway.link_harness import always, get, stacks
 
 pytestmark = pytest.mark.asyncio
 
@@ -34,17 +34,7 @@ ANSWERS = {
 
 @pytest.mark.parametrize("where", list(ANSWERS))
 async def test_an_unserialisable_small_answer_is_answered_not_left_hanging(where: str) -> None:
-    answer = ANSWERS[where]
-
-    async def script(
-        core: ScriptCore, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        while True:
-            await core.head(reader)
-            writer.write(answer)
-            await writer.drain()
-
-    async with stacks(script) as pair:
+    async with stacks(always(ANSWERS[where])) as pair:
         results = []
         for stack, cookie, _core in pair:
             reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)

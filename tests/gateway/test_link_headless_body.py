@@ -19,7 +19,7 @@ import asyncio
 import pytest
 
 from enforcer.sessions import cookie_name
-from tests.gateway.link_harness import ScriptCore, get, read_answer, stacks
+from tests.gateway.link_harness import always, get, read_answer, stacks
 
 pytestmark = pytest.mark.asyncio
 
@@ -35,17 +35,8 @@ ANSWER = (
 )
 
 
-async def _script(
-    core: ScriptCore, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> None:
-    while True:
-        await core.head(reader)
-        writer.write(ANSWER)
-        await writer.drain()
-
-
 async def test_a_core_body_never_reaches_the_client_as_an_answer_head() -> None:
-    async with stacks(_script) as pair:
+    async with stacks(always(ANSWER)) as pair:
         answers = []
         for stack, cookie, _core in pair:
             reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
